@@ -1,0 +1,13 @@
+"""Errors a user can fix. The launcher prints their message without a traceback."""
+
+
+class UserError(Exception):
+    """A problem with the user's input, data or environment; the message says how to fix it."""
+
+
+class DataNotFoundError(UserError):
+    pass
+
+
+class ConfigError(UserError):
+    pass

@@ -1,0 +1,100 @@
+"""Sample from a trained model: ``python -m aigc_lab.generate ckpt_path=PATH num_samples=N out=FILE.pt``.
+
+For a GAN checkpoint (or run dir) this writes a uint8 tensor [N, C, H, W] with ``torch.save`` and a
+PNG grid of the first samples beside it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from aigc_lab.checkpoints import load_checkpoint, resolve_checkpoint, sub_state_dict
+from aigc_lab.errors import UserError
+from aigc_lab.train import conf_dir
+
+
+def load_generator(ckpt: dict, use_ema: bool = True) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The (EMA) generator of a GAN checkpoint, in eval mode, and its label prior."""
+    from aigc_lab.models.gan import GANConfig, Generator
+
+    if "gan_config" not in ckpt:
+        kind = ckpt.get("hyper_parameters", {}).get("_target_") or _system_name(ckpt)
+        raise UserError(f"this checkpoint is not a GAN's (it holds {kind}): give a gan_mnist checkpoint")
+    generator = Generator(GANConfig(**ckpt["gan_config"]))
+    state = ckpt["state_dict"]
+    ema = sub_state_dict(state, "generator_ema.module.")
+    generator.load_state_dict(ema if use_ema and ema else sub_state_dict(state, "generator."))
+    return generator.eval(), state["label_prior"]
+
+
+@torch.no_grad()
+def sample_images(
+    generator: torch.nn.Module,
+    label_prior: torch.Tensor,
+    num_samples: int,
+    label: int | None = None,
+    seed: int = 0,
+    batch_size: int = 1000,
+) -> torch.Tensor:
+    """uint8 images [N, C, H, W]."""
+    from aigc_lab.data.mnist import to_uint8
+
+    cfg = generator.cfg
+    if label is not None and not (cfg.conditional and 0 <= label < cfg.num_classes):
+        raise UserError(f"label={label} needs a class-conditional generator with classes 0..{cfg.num_classes - 1}")
+    rng = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, num_samples, batch_size):
+        n = min(batch_size, num_samples - start)
+        z = torch.randn(n, cfg.latent_dim, generator=rng)
+        labels = None
+        if cfg.conditional:
+            labels = (torch.full((n,), label) if label is not None
+                      else torch.multinomial(label_prior, n, replacement=True, generator=rng))
+        out.append(to_uint8(generator(z, labels)))
+    return torch.cat(out)
+
+
+def write_samples(images: torch.Tensor, out: Path, columns: int, grid_max: int) -> Path:
+    from torchvision.utils import save_image
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(images, out)
+    png = out.with_suffix(".png")
+    save_image(images[:grid_max].float() / 255.0, png, nrow=columns, padding=2)
+    return png
+
+
+def _system_name(ckpt: dict) -> str:
+    keys = {k.split(".")[0] for k in ckpt.get("state_dict", {})}
+    return f"modules {sorted(keys)}"
+
+
+def run(cfg: DictConfig) -> Path:
+    if cfg.num_samples <= 0:
+        raise UserError(f"num_samples must be positive, got {cfg.num_samples}")
+    path = resolve_checkpoint(cfg.ckpt_path)
+    generator, prior = load_generator(load_checkpoint(path), use_ema=cfg.use_ema)
+    images = sample_images(generator, prior, cfg.num_samples, cfg.label, cfg.seed, cfg.batch_size)
+    out = Path(cfg.out)
+    png = write_samples(images, out, cfg.grid_columns, cfg.grid_max)
+    print(f"wrote {tuple(images.shape)} uint8 samples from {path} to {out} and a grid to {png}")
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=conf_dir(), config_name="generate")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

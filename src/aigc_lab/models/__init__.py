@@ -1,0 +1,1 @@
+"""Plain ``torch.nn`` models. Nothing here imports Lightning or Hydra."""

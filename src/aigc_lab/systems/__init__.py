@@ -1,0 +1,1 @@
+"""LightningModules: they wrap the plain models and own losses, optimizers and logging."""

@@ -1,0 +1,105 @@
+"""The MNIST classifier whose features define the project's FID (``experiment=mnist_classifier``)."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from aigc_lab.metrics.fid import save_classifier
+from aigc_lab.models.classifier import ClassifierConfig, DigitClassifier
+
+
+class ClassifierSystem(L.LightningModule):
+    """Cross-entropy training with a one-cycle schedule; exports the tested weights to ``export_path``."""
+
+    def __init__(
+        self,
+        net: ClassifierConfig,
+        optimizer: partial,
+        export_path: str | None = None,
+        max_shift: int = 2,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.net = DigitClassifier(net)
+        self.val_acc = MulticlassAccuracy(net.num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(net.num_classes, average="micro")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        loss = F.cross_entropy(self.net(random_shift(images, self.hparams.max_shift)), labels)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_acc)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_acc)
+
+    def _evaluate(self, batch, stage: str, accuracy: MulticlassAccuracy) -> None:
+        images, labels = batch
+        logits = self.net(images)
+        accuracy(logits, labels)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, labels), sync_dist=True)
+        self.log(f"{stage}/acc", accuracy, prog_bar=True)
+
+    def on_test_epoch_end(self) -> None:
+        path = self.hparams.export_path
+        if path and self.trainer.is_global_zero:
+            save_classifier(self.net, path, float(self.test_acc.compute()))
+
+    def configure_optimizers(self):
+        optimizer = self.hparams.optimizer(self.parameters())
+        lr = optimizer.param_groups[0]["lr"]
+        total = self.trainer.estimated_stepping_batches
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=int(total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def random_shift(images: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Translate each image by up to ``max_shift`` pixels (zero-padded background = -1)."""
+    if max_shift <= 0:
+        return images
+    b, _, h, w = images.shape
+    padded = F.pad(images, [max_shift] * 4, value=-1.0)
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, b), device=images.device)
+    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]  # [B,1,H,1]
+    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]  # [B,1,1,W]
+    chans = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    batch = torch.arange(b, device=images.device)[:, None, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+def train_feature_classifier(data_dir: str, export_path: str | Path, max_epochs: int = 4) -> float:
+    """Train the FID classifier with the defaults of ``experiment=mnist_classifier``; return test acc.
+
+    Used when a GAN run needs the cached classifier and it is missing, so that a first
+    ``python -m aigc_lab experiment=gan_mnist`` works without a separate step.
+    """
+    from aigc_lab.data.mnist import MNISTDataModule
+
+    system = ClassifierSystem(
+        ClassifierConfig(), partial(torch.optim.AdamW, lr=3e-3, weight_decay=1e-4), export_path=str(export_path)
+    )
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        precision="bf16-mixed",
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    data = MNISTDataModule(data_dir, batch_size=128)
+    trainer.fit(system, datamodule=data)
+    result = trainer.test(system, datamodule=data, verbose=False)
+    return result[0]["test/acc"]

@@ -1,0 +1,277 @@
+"""DCGAN training with Lightning manual optimization.
+
+Each batch: ``n_critic`` discriminator steps on real vs. detached fake images, then one generator
+step, with the losses of Goodfellow et al. (2014):
+
+    L_D = -E[log D(x)] - E[log(1 - D(G(z)))]      (binary cross-entropy, real=1 / fake=0)
+    L_G = -E[log D(G(z))]                          (the non-saturating generator loss)
+
+Step counting: Lightning 2.x counts every ``optimizer.step()`` of manual optimization in
+``global_step``, so a D step plus a G step would count 2. Here only the generator step is counted
+(the D step goes through ``strategy.optimizer_step``, which still applies precision plugins such as
+16-mixed loss scaling), so ``global_step`` = generator updates = training batches, and
+``trainer.max_steps``, ``val_check_interval`` and checkpoint ``every_n_train_steps`` all count
+batches, as a user expects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from functools import partial
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
+from torchvision.utils import make_grid
+
+from aigc_lab.metrics.fid import ClassifierFeatures, build_feature_extractor, make_fid
+from aigc_lab.models.gan import Discriminator, GANConfig, Generator, init_dcgan_weights
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class GANSystem(L.LightningModule):
+    def __init__(
+        self,
+        net: GANConfig,
+        optimizer_g: partial,
+        optimizer_d: partial,
+        lr: float = 2e-4,
+        n_critic: int = 1,
+        ema_decay: float | None = 0.999,
+        clip_grad_norm: float | None = None,
+        channels_last: bool = False,
+        fid_features: str = "classifier",
+        classifier_path: str = "~/.cache/aigc_lab/mnist_classifier.pt",
+        data_dir: str = "data",
+        grid_columns: int = 8,
+        confident_threshold: float = 0.9,
+    ) -> None:
+        """``lr`` is the base learning rate: the optimizer configs read it by interpolation
+        (``lr: ${..lr}``), so ``model.lr=...`` sweeps both; it is kept here for the hparams record."""
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        if n_critic < 1:
+            raise ValueError(f"n_critic must be >= 1, got {n_critic}")
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) or null, got {ema_decay}")
+        self.save_hyperparameters(logger=False)
+        self.automatic_optimization = False
+        self.cfg = net
+        self.generator = Generator(net)
+        self.discriminator = Discriminator(net)
+        self.generator.apply(init_dcgan_weights)
+        self.discriminator.apply(init_dcgan_weights)
+        self.generator_ema = (
+            AveragedModel(self.generator, multi_avg_fn=ema_with_warmup(ema_decay), use_buffers=True)
+            if ema_decay
+            else None
+        )
+        # Label prior of the conditional generator: uniform until the training labels are seen.
+        n_cls = max(net.num_classes, 1)
+        self.register_buffer("label_prior", torch.full((n_cls,), 1.0 / n_cls))
+        # Fixed noise for the image grid: one row per class (or 8 rows when unconditional).
+        rows = net.num_classes if net.conditional else 8
+        self.register_buffer("grid_z", torch.randn(rows * grid_columns, net.latent_dim,
+                                                   generator=torch.Generator().manual_seed(0)))
+        self.register_buffer("grid_labels", torch.arange(rows).repeat_interleave(grid_columns) % n_cls)
+        self.fid = None
+
+    # ---------------------------------------------------------------- sampling
+    @property
+    def sampler(self) -> Generator:
+        """The network that makes samples: the EMA generator when there is one."""
+        return self.generator_ema.module if self.generator_ema is not None else self.generator
+
+    def sample_labels(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        if not self.cfg.conditional:
+            return None
+        return torch.multinomial(self.label_prior.cpu(), n, replacement=True, generator=generator).to(self.device)
+
+    def sample_noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.randn(n, self.cfg.latent_dim, generator=generator).to(self.device)
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, labels: torch.Tensor | None = None, seed: int | None = None, z: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """n images in [-1, 1] from the EMA generator in eval mode; labels drawn from the prior if None."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        z = self.sample_noise(n, gen) if z is None else z
+        if labels is None:
+            labels = self.sample_labels(n, gen)
+        sampler = self.sampler
+        was_training = sampler.training
+        sampler.eval()
+        images = sampler(z, labels).float()
+        sampler.train(was_training)
+        return images
+
+    # ---------------------------------------------------------------- training
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and self.cfg.conditional and hasattr(datamodule, "class_counts"):
+            counts = datamodule.class_counts().float()[: self.cfg.num_classes]
+            self.label_prior.copy_(counts / counts.sum())
+        if self.fid is None and self.hparams.fid_features != "none":
+            extractor = build_feature_extractor(
+                self.hparams.fid_features, self.hparams.classifier_path, self.hparams.data_dir
+            )
+            self.fid = make_fid(extractor).to(self.device)
+        if self.hparams.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> None:
+        real, labels = batch
+        if self.hparams.channels_last:
+            real = real.contiguous(memory_format=torch.channels_last)
+        opt_g, opt_d = self.optimizers()
+        n = real.shape[0]
+
+        for critic_step in range(self.hparams.n_critic):
+            fake_labels = self.sample_labels(n)
+            last = critic_step == self.hparams.n_critic - 1
+            # The last critic step's fakes are made with grad and reused by the G step (as in the
+            # DCGAN reference recipe): one generator forward fewer per batch.
+            with torch.set_grad_enabled(last):
+                fake = self.generator(self.sample_noise(n), fake_labels)
+            # D has no batch norm, so real and fake can share one forward pass.
+            d_out = self.discriminator(
+                torch.cat([real, fake.detach()]), _cat_labels(labels, fake_labels)
+            )
+            d_real, d_fake = d_out[:n], d_out[n:]
+            loss_d = bce_logits(d_real, 1.0) + bce_logits(d_fake, 0.0)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(loss_d)
+            self._clip(opt_d)
+            # Through the strategy, not opt_d.step(): applies precision plugins but leaves global_step alone.
+            self.trainer.strategy.optimizer_step(opt_d.optimizer, closure=_no_closure, model=self)
+
+        self.toggle_optimizer(opt_g)  # D's parameters need no gradient in the G step
+        loss_g = bce_logits(self.discriminator(fake, fake_labels), 1.0)  # -E[log D(G(z))]
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss_g)
+        self._clip(opt_g)
+        opt_g.step()
+        self.untoggle_optimizer(opt_g)
+        if self.generator_ema is not None:
+            self.generator_ema.update_parameters(self.generator)
+
+        self.log_dict({"train/loss_d": loss_d, "train/loss_g": loss_g}, prog_bar=True)
+        self.log_dict({
+            "train/d_real": torch.sigmoid(d_real.detach().float()).mean(),  # D(x)
+            "train/d_fake": torch.sigmoid(d_fake.detach().float()).mean(),  # D(G(z)) before the G step
+        })
+
+    def _clip(self, optimizer) -> None:
+        if self.hparams.clip_grad_norm:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.clip_grad_norm,
+                                gradient_clip_algorithm="norm")
+
+    def configure_optimizers(self):
+        opt_g = self.hparams.optimizer_g(self.generator.parameters())
+        opt_d = self.hparams.optimizer_d(self.discriminator.parameters())
+        return [opt_g, opt_d]
+
+    # ---------------------------------------------------------------- evaluation
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._update_fid(batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_fid("val")
+        self._log_image_grid()
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        fake = self._update_fid(batch, batch_idx)
+        if isinstance(self.fid_extractor, ClassifierFeatures):
+            confidence, preds = self.fid_extractor.class_probs(fake).max(dim=1)
+            self._confident += confidence.ge(self.hparams.confident_threshold).sum()
+            self._class_hist += torch.bincount(preds, minlength=self._class_hist.numel())
+
+    def on_test_epoch_start(self) -> None:
+        n_cls = self.fid_extractor.classifier.cfg.num_classes if self.fid_extractor is not None else 1
+        self._confident = torch.zeros((), device=self.device, dtype=torch.long)
+        self._class_hist = torch.zeros(n_cls, device=self.device, dtype=torch.long)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_fid("test")
+        if isinstance(self.fid_extractor, ClassifierFeatures):
+            hist = self.trainer.strategy.reduce(self._class_hist.float(), reduce_op="sum")
+            confident = self.trainer.strategy.reduce(self._confident.float(), reduce_op="sum")
+            share = hist / hist.sum()
+            self.log("test/confident_share", confident / hist.sum())
+            self.log("test/class_share_min", share.min())
+            self.log("test/class_share_max", share.max())
+            self.class_histogram = share.cpu()
+            self._log_text("test/class_histogram", " ".join(f"{c}:{s:.3f}" for c, s in enumerate(share.tolist())))
+
+    @property
+    def fid_extractor(self):
+        return self.fid.inception if self.fid is not None else None
+
+    def _update_fid(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        """Feed the real batch and as many samples (seeded by batch index, so epochs compare)."""
+        real, _ = batch
+        seed = 10_000 * (self.global_rank + 1) + batch_idx
+        fake = self.sample(real.shape[0], seed=seed)
+        if self.fid is not None:
+            self.fid.update(real, real=True)
+            self.fid.update(fake, real=False)
+        return fake
+
+    def _log_fid(self, stage: str) -> None:
+        if self.fid is None:
+            return
+        self.log(f"{stage}/fid", self.fid.compute(), prog_bar=True)
+        self.fid.reset()
+
+    def _log_image_grid(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        labels = self.grid_labels if self.cfg.conditional else None
+        images = self.sample(len(self.grid_z), labels=labels, z=self.grid_z)
+        grid = make_grid(images.float(), nrow=self.hparams.grid_columns, normalize=True, value_range=(-1, 1))
+        for logger in self.loggers:
+            if hasattr(logger.experiment, "add_image"):
+                logger.experiment.add_image("samples/fixed_noise", grid, self.global_step)
+
+    def _log_text(self, tag: str, text: str) -> None:
+        for logger in self.loggers:
+            if hasattr(logger.experiment, "add_text"):
+                logger.experiment.add_text(tag, text, self.global_step)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["gan_config"] = asdict(self.cfg)  # lets `generate` rebuild the generator alone
+
+
+def ema_with_warmup(decay: float):
+    """EMA update for AveragedModel with the usual warm-up ``min(decay, (1 + n) / (10 + n))``.
+
+    torch's get_ema_multi_avg_fn has no warm-up: with decay 0.999 the random initial weights would
+    still carry 0.999^1000 = 37% of the average after 1000 steps, which ruins early samples.
+    """
+
+    def update(ema: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        if not torch.is_floating_point(ema[0]):  # integer buffers (BN's num_batches_tracked)
+            torch._foreach_copy_(ema, current)
+            return
+        n = float(num_averaged)
+        torch._foreach_lerp_(ema, current, 1.0 - min(decay, (1.0 + n) / (10.0 + n)))
+
+    return update
+
+
+def bce_logits(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """Binary cross-entropy against a constant target, computed in fp32 for stability."""
+    logits = logits.float()
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def _cat_labels(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return None if a is None else torch.cat([a, b])
+
+
+def _no_closure() -> None:
+    return None

@@ -1,0 +1,129 @@
+"""The launcher: ``python -m aigc_lab [overrides]`` (or ``aigc-train``).
+
+Composes ``conf/train.yaml``, checks and prints the config, instantiates everything by
+``_target_``, fits, tests the best checkpoint and returns ``optimized_metric`` for sweeps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from aigc_lab.errors import UserError
+
+log = logging.getLogger("aigc_lab")
+
+
+def conf_dir() -> str:
+    """The repo's ``conf/`` in a source checkout, else the copy packaged inside the wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parents[1] / "conf", here / "conf"):
+        if (candidate / "train.yaml").exists():
+            return str(candidate)
+    raise FileNotFoundError(f"no conf/train.yaml next to {here}")
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit and test from a composed config; returns (fit metrics, test metrics)."""
+    import lightning as L  # imported here so that `--help` and config errors come back fast
+    from hydra.utils import instantiate
+
+    from aigc_lab.utils.config_check import check_targets
+    from aigc_lab.utils.run_info import print_config_tree
+
+    logging.getLogger("lightning").handlers.clear()  # its own console handler would print each line twice
+    check_targets(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    if cfg.get("print_config", True):
+        print_config_tree(cfg, save_to=run_dir / "config_tree.log")
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    log.info("Instantiating datamodule <%s>", cfg.data._target_)
+    datamodule = instantiate(cfg.data)
+    log.info("Instantiating system <%s>", cfg.model._target_)
+    system = instantiate(cfg.model)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(hparams_record(cfg, system))
+
+    if cfg.get("train", True):
+        trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_metrics = dict(trainer.callback_metrics)
+
+    test_metrics: dict[str, Any] = {}
+    if cfg.get("test", True):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best:
+            log.warning("No best checkpoint was saved: testing the current weights")
+        trainer.test(system, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        test_metrics = dict(trainer.callback_metrics)
+    return fit_metrics, test_metrics
+
+
+def hparams_record(cfg: DictConfig, system: Any) -> dict[str, Any]:
+    """The flat config and parameter counts shown in TensorBoard's HPARAMS tab."""
+    from omegaconf import OmegaConf
+
+    record = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model", "trainer") if k in cfg}
+    record.update(seed=cfg.get("seed"), task_name=cfg.get("task_name"), tags=list(cfg.get("tags") or []))
+    record["params/total"] = sum(p.numel() for p in system.parameters())
+    record["params/trainable"] = sum(p.numel() for p in system.parameters() if p.requires_grad)
+    return record
+
+
+def optimized_value(metrics: dict[str, Any], name: str | None) -> float | None:
+    if not name:
+        return None
+    if name not in metrics:
+        raise UserError(f"optimized_metric {name!r} was not logged; logged metrics: {sorted(metrics)}")
+    return float(metrics[name])
+
+
+def _user_message(err: BaseException) -> str | None:
+    """The one-line message for errors a user can fix, or None for real bugs (full traceback)."""
+    from hydra.errors import InstantiationException
+
+    cause = err
+    while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, UserError):
+        return str(cause)
+    if isinstance(err, InstantiationException):
+        return str(err).strip()
+    if isinstance(err, (ValueError, FileNotFoundError, PermissionError)):
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+@hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from aigc_lab.utils.run_info import mark_run
+
+    run_dir = Path(cfg.paths.output_dir)
+    mark_run(run_dir, "running")
+    try:
+        fit_metrics, test_metrics = train(cfg)
+        value = optimized_value({**fit_metrics, **test_metrics}, cfg.get("optimized_metric"))
+    except Exception as err:
+        message = _user_message(err)
+        mark_run(run_dir, "failed", message or f"{type(err).__name__}: {err}")
+        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"\nerror: {message}\n(run dir marked failed: {run_dir}; HYDRA_FULL_ERROR=1 shows the traceback)",
+              file=sys.stderr)
+        sys.exit(1)
+    mark_run(run_dir, "done")
+    return value
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Fail early on typos: every key of a ``_target_`` node must be a parameter of its target, and
+simple values must match the parameter's type hint (``trainer.max_epochs=abc`` is refused).
+
+Hydra already refuses command-line overrides of unknown keys (struct mode); this also covers keys
+written into config files and values of the wrong type, before any data is read.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
+
+from aigc_lab.errors import ConfigError
+
+_HYDRA_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
+
+
+def check_targets(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first unknown key or mistyped value under a ``_target_`` node."""
+    _walk(OmegaConf.to_container(cfg, resolve=True), prefix="")
+
+
+def _walk(node: Any, prefix: str) -> None:
+    if isinstance(node, Mapping):
+        if "_target_" in node:
+            _check_node(node, prefix)
+        for key, value in node.items():
+            _walk(value, f"{prefix}{key}.")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _walk(value, f"{prefix}{i}.")
+
+
+def _check_node(node: Mapping, prefix: str) -> None:
+    where = prefix.rstrip(".") or "<root>"
+    try:
+        target = get_object(node["_target_"])
+    except Exception as err:
+        raise ConfigError(f"{where}._target_: cannot import {node['_target_']!r} ({err})") from None
+    params = _signature(target)
+    if params is None:
+        return
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for key, value in node.items():
+        if key in _HYDRA_KEYS:
+            continue
+        if key not in params:
+            if takes_kwargs:
+                continue
+            known = ", ".join(k for k, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+            raise ConfigError(f"{prefix}{key}: unknown key for {node['_target_']} (known keys: {known})")
+        annotation = params[key].annotation
+        if isinstance(value, Mapping) and "_target_" in value:
+            continue  # instantiated to an object: its own keys are checked on its node
+        if _matches(value, annotation) is False:
+            raise ConfigError(
+                f"{prefix}{key}: expected {_type_name(annotation)}, got {value!r} ({type(value).__name__})"
+            )
+
+
+def _signature(target: Any) -> Mapping[str, inspect.Parameter] | None:
+    for eval_str in (True, False):
+        try:
+            return inspect.signature(target, eval_str=eval_str).parameters
+        except (NameError, TypeError, ValueError, SyntaxError, AttributeError):
+            continue
+    return None
+
+
+def _matches(value: Any, annotation: Any) -> bool | None:
+    """True/False when the hint is understood, None when it is not (then nothing is checked)."""
+    if annotation in (inspect.Parameter.empty, Any) or isinstance(annotation, str):
+        return None
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        answers = [_matches(value, arg) for arg in typing.get_args(annotation)]
+        return True if True in answers else (None if None in answers else False)
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    container = origin or annotation
+    if container in (list, tuple, Sequence, typing.Sequence):
+        return isinstance(value, (list, tuple))
+    if container in (dict, Mapping, typing.Mapping):
+        return isinstance(value, Mapping)
+    return None
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")

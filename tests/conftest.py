@@ -1,0 +1,84 @@
+"""Shared fixtures: a tiny MNIST-format data set written by the tests, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_idx_images(path: Path, images: np.ndarray) -> None:
+    """IDX3 (magic 2051): big-endian header then uint8 pixels, as in the MNIST distribution."""
+    n, h, w = images.shape
+    path.write_bytes(struct.pack(">IIII", 2051, n, h, w) + images.astype(np.uint8).tobytes())
+
+
+def write_idx_labels(path: Path, labels: np.ndarray) -> None:
+    path.write_bytes(struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes())
+
+
+def fake_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable toy 'digits': each class is a fixed blob pattern plus noise, 28x28 uint8."""
+    rng = np.random.default_rng(seed)
+    templates = np.random.default_rng(0).random((10, 28, 28)) > 0.75
+    labels = rng.integers(0, 10, n)
+    noise = rng.random((n, 28, 28)) > 0.95
+    images = np.where(templates[labels] ^ noise, 255, 0)
+    return images.astype(np.uint8), labels
+
+
+def make_mnist(root: Path, n_train: int = 600, n_test: int = 200) -> Path:
+    """Write ``<root>/mnist/MNIST/raw`` as torchvision expects; returns ``root`` (the data dir)."""
+    raw = root / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
+        images, labels = fake_digits(n, seed)
+        write_idx_images(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx_labels(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    return make_mnist(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def run_cli(data_dir, cache_dir, tmp_path):
+    """Run ``python -m <module> overrides...`` in a subprocess, as a user would, in tmp_path."""
+
+    def run(*overrides: str, module: str = "aigc_lab", env: dict | None = None, check: bool = True):
+        full_env = {
+            **os.environ,
+            "AIGC_DATA_DIR": str(data_dir),
+            "AIGC_CACHE_DIR": str(cache_dir),
+            "PROJECT_ROOT": str(tmp_path),
+            **(env or {}),
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", module, *overrides],
+            cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=600,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
+            )
+        return proc
+
+    return run
+
+
+def run_dirs(root: Path, task: str = "debug") -> list[Path]:
+    return sorted((root / "outputs" / task / "runs").glob("*"))

@@ -1,0 +1,37 @@
+"""Every experiment and debug config composes and passes the key/type check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from aigc_lab.train import conf_dir
+from aigc_lab.utils.config_check import check_targets
+
+EXPERIMENTS = sorted(p.stem for p in (Path(conf_dir()) / "experiment").glob("*.yaml"))
+DEBUGS = sorted(p.stem for p in (Path(conf_dir()) / "debug").glob("*.yaml"))
+TRAINERS = sorted(p.stem for p in (Path(conf_dir()) / "trainer").glob("*.yaml"))
+
+
+def _compose(tmp_path, *overrides: str):
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        return compose("train", overrides=[*overrides, f"paths.output_dir={tmp_path}", f"paths.work_dir={tmp_path}"])
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("debug", [None, *DEBUGS])
+def test_experiment_composes(tmp_path, experiment, debug):
+    cfg = _compose(tmp_path, f"experiment={experiment}", *([f"debug={debug}"] if debug else []))
+    check_targets(cfg)
+    assert cfg.optimized_metric and cfg.task_name
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_trainer_presets_compose(tmp_path, trainer):
+    check_targets(_compose(tmp_path, f"trainer={trainer}"))
+
+
+def test_at_least_the_documented_experiments():
+    assert {"gan_mnist", "mnist_classifier"} <= set(EXPERIMENTS)

@@ -1,0 +1,93 @@
+from functools import partial
+
+import lightning as L
+import pytest
+import torch
+
+from aigc_lab.data.mnist import MNISTDataModule
+from aigc_lab.models.gan import Discriminator, GANConfig, Generator
+from aigc_lab.systems.gan import GANSystem
+
+
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_shapes(num_classes):
+    cfg = GANConfig(latent_dim=16, num_classes=num_classes, g_width=8, d_width=8)
+    labels = torch.randint(0, 10, (5,)) if num_classes else None
+    images = Generator(cfg)(torch.randn(5, 16), labels)
+    assert images.shape == (5, 1, 28, 28)
+    assert images.min() >= -1 and images.max() <= 1
+    assert Discriminator(cfg)(images, labels).shape == (5,)
+
+
+def test_conditional_needs_labels():
+    cfg = GANConfig(latent_dim=8, g_width=8, d_width=8)
+    with pytest.raises(ValueError, match="labels"):
+        Generator(cfg)(torch.randn(2, 8))
+
+
+def test_config_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        GANConfig(image_size=30)
+    with pytest.raises(ValueError, match="latent_dim"):
+        GANConfig(latent_dim=0)
+
+
+def _system(**kw) -> GANSystem:
+    adam = partial(torch.optim.Adam, lr=1e-3, betas=(0.5, 0.999))
+    return GANSystem(GANConfig(latent_dim=16, g_width=8, d_width=8), adam, adam, fid_features="none", **kw)
+
+
+def _snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+class StepSpy(L.Callback):
+    """Snapshots G and D before each optimizer step and at the end of the batch."""
+
+    def __init__(self):
+        self.snaps = []
+
+    def _snap(self, pl_module):
+        self.snaps.append((_snapshot(pl_module.generator), _snapshot(pl_module.discriminator)))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self._snap(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._snap(pl_module)
+
+
+def test_d_step_changes_only_d_and_g_step_only_g(data_dir):
+    system, spy = _system(), StepSpy()
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, callbacks=[spy])
+    trainer.fit(system, datamodule=MNISTDataModule(str(data_dir), batch_size=16))
+    (g0, d0), (g1, d1), (g2, d2) = spy.snaps  # before D step, before G step, after the batch
+    assert all(torch.equal(a, b) for a, b in zip(g0, g1)), "the D step moved G"
+    assert any(not torch.equal(a, b) for a, b in zip(d0, d1)), "the D step did not move D"
+    assert all(torch.equal(a, b) for a, b in zip(d1, d2)), "the G step moved D"
+    assert any(not torch.equal(a, b) for a, b in zip(g1, g2)), "the G step did not move G"
+
+
+def test_global_step_counts_batches_and_ema_follows(data_dir):
+    system = _system(n_critic=2)
+    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(system, datamodule=MNISTDataModule(str(data_dir), batch_size=16))
+    assert trainer.global_step == 3  # generator steps = batches, though 9 optimizer steps ran
+    assert trainer.fit_loop.epoch_loop.batch_progress.total.completed == 3
+    assert int(system.generator_ema.n_averaged) == 3
+    # the label prior was learned from the training labels
+    assert torch.isclose(system.label_prior.sum(), torch.tensor(1.0))
+    assert system.sample(4).shape == (4, 1, 28, 28)
+
+
+def test_invalid_hyperparameters():
+    with pytest.raises(ValueError, match="lr must be positive"):
+        _system(lr=0.0)
+    with pytest.raises(ValueError, match="n_critic"):
+        _system(n_critic=0)
