@@ -1,8 +1,9 @@
-"""Shared fixtures: a tiny MNIST-format data set written by the tests, and a CLI runner."""
+"""Shared fixtures: a tiny MNIST-format data set and a small text corpus written by the tests, and a CLI runner."""
 
 from __future__ import annotations
 
 import os
+import random
 import struct
 import subprocess
 import sys
@@ -43,6 +44,50 @@ def make_mnist(root: Path, n_train: int = 600, n_test: int = 200) -> Path:
         write_idx_images(raw / f"{prefix}-images-idx3-ubyte", images)
         write_idx_labels(raw / f"{prefix}-labels-idx1-ubyte", labels)
     return root
+
+
+SUBJECTS = ("the parser", "a module", "this function", "the class", "each thread", "the server", "my script",
+            "the old library", "a small test", "the new decoder", "every socket", "the logger")
+VERBS = ("returns", "reads", "writes", "opens", "closes", "raises", "accepts", "encodes", "imports", "formats")
+OBJECTS = ("a list of strings", "the file", "an integer", "the error", "a dictionary", "the path", "a buffer",
+           "the message", "two bytes", "a tuple of names", "the header", "an iterator")
+TAILS = ("when it is called.", "before the loop ends.", "if the value is empty.", "for each line of input.",
+         "after the timeout expires.", "unless a flag is set.", "in text mode.", "with a default encoding.")
+
+
+def make_corpus(path: Path, n_lines: int, seed: int) -> Path:
+    """Varied English-ish sentences, a few per line, with blank lines between paragraphs."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n_lines):
+        sentences = [f"{rng.choice(SUBJECTS).capitalize()} {rng.choice(VERBS)} {rng.choice(OBJECTS)} "
+                     f"{rng.choice(TAILS)}" for _ in range(rng.randint(1, 3))]
+        lines.append(" ".join(sentences))
+        if i % 7 == 6:
+            lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def text_corpus(tmp_path_factory) -> dict[str, Path]:
+    """{"train", "val", "test"} -> small UTF-8 text files (300 / 60 / 60 lines)."""
+    root = tmp_path_factory.mktemp("text")
+    return {split: make_corpus(root / f"{split}.txt", n, seed)
+            for split, n, seed in (("train", 300, 1), ("val", 60, 2), ("test", 60, 3))}
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread for tests on tiny tensors: with two threads, OpenMP barriers stall for whole
+    scheduler slices whenever another process keeps a core busy (a 2.5 ms step then takes 600 ms)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -9,14 +9,20 @@ from aigc_lab.models.gan import Discriminator, GANConfig, Generator
 from aigc_lab.systems.gan import GANSystem
 
 
-@pytest.mark.parametrize("num_classes", [0, 10])
-def test_shapes(num_classes):
-    cfg = GANConfig(latent_dim=16, num_classes=num_classes, g_width=8, d_width=8)
+@pytest.mark.parametrize(("num_classes", "conditional_bn"), [(0, False), (10, False), (10, True)])
+def test_shapes(num_classes, conditional_bn):
+    cfg = GANConfig(latent_dim=16, num_classes=num_classes, g_width=8, d_width=8, conditional_bn=conditional_bn)
     labels = torch.randint(0, 10, (5,)) if num_classes else None
     images = Generator(cfg)(torch.randn(5, 16), labels)
     assert images.shape == (5, 1, 28, 28)
     assert images.min() >= -1 and images.max() <= 1
     assert Discriminator(cfg)(images, labels).shape == (5,)
+
+
+def test_conditional_bn_starts_as_identity_affine():
+    system = _system_with(conditional_bn=True)
+    gains = system.generator.norm1.gain.weight
+    assert gains.shape == (10, 16) and abs(float(gains.mean()) - 1.0) < 0.05
 
 
 def test_conditional_needs_labels():
@@ -33,8 +39,13 @@ def test_config_rejects_bad_sizes():
 
 
 def _system(**kw) -> GANSystem:
+    return _system_with(**kw)
+
+
+def _system_with(conditional_bn: bool = False, **kw) -> GANSystem:
     adam = partial(torch.optim.Adam, lr=1e-3, betas=(0.5, 0.999))
-    return GANSystem(GANConfig(latent_dim=16, g_width=8, d_width=8), adam, adam, fid_features="none", **kw)
+    net = GANConfig(latent_dim=16, g_width=8, d_width=8, conditional_bn=conditional_bn)
+    return GANSystem(net, adam, adam, fid_features="none", **kw)
 
 
 def _snapshot(module: torch.nn.Module) -> list[torch.Tensor]:

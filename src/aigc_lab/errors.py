@@ -11,3 +11,7 @@ class DataNotFoundError(UserError):
 
 class ConfigError(UserError):
     pass
+
+
+class CorpusError(UserError):
+    """A text corpus that exists but cannot be trained on (empty, or shorter than one block)."""

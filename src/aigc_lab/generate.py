@@ -1,7 +1,10 @@
-"""Sample from a trained model: ``python -m aigc_lab.generate ckpt_path=PATH num_samples=N out=FILE.pt``.
+"""Sample from a trained model: ``python -m aigc_lab.generate ckpt_path=PATH ...``.
 
-For a GAN checkpoint (or run dir) this writes a uint8 tensor [N, C, H, W] with ``torch.save`` and a
-PNG grid of the first samples beside it.
+Dispatches on what the checkpoint holds:
+- a GAN's (``gan_config``): ``num_samples=N out=FILE.pt`` writes a uint8 tensor [N, C, H, W] with
+  ``torch.save`` and a PNG grid of the first samples beside it;
+- a masked LM's (``mlm_config``, ``tokenizer_json``): ``text="The [MASK] module ..." top_k=5`` prints
+  the top-k tokens with their probabilities for each [MASK].
 """
 
 from __future__ import annotations
@@ -75,11 +78,14 @@ def _system_name(ckpt: dict) -> str:
     return f"modules {sorted(keys)}"
 
 
-def run(cfg: DictConfig) -> Path:
+def run(cfg: DictConfig) -> Path | None:
+    path = resolve_checkpoint(cfg.ckpt_path)
+    ckpt = load_checkpoint(path)
+    if "mlm_config" in ckpt:
+        return run_fill_mask(cfg, ckpt)
     if cfg.num_samples <= 0:
         raise UserError(f"num_samples must be positive, got {cfg.num_samples}")
-    path = resolve_checkpoint(cfg.ckpt_path)
-    generator, prior = load_generator(load_checkpoint(path), use_ema=cfg.use_ema)
+    generator, prior = load_generator(ckpt, use_ema=cfg.use_ema)
     images = sample_images(generator, prior, cfg.num_samples, cfg.label, cfg.seed, cfg.batch_size)
     out = Path(cfg.out)
     png = write_samples(images, out, cfg.grid_columns, cfg.grid_max)
@@ -87,13 +93,36 @@ def run(cfg: DictConfig) -> Path:
     return out
 
 
+def run_fill_mask(cfg: DictConfig, ckpt: dict) -> None:
+    from aigc_lab.fill_mask import fill_mask, format_predictions, load_mlm
+
+    if not cfg.get("text"):
+        raise UserError('a masked-LM checkpoint needs text="... [MASK] ..." (and optionally top_k=5)')
+    model, tokenizer = load_mlm(ckpt)
+    print(format_predictions(cfg.text, fill_mask(model, tokenizer, cfg.text, cfg.top_k)))
+
+
+def quote_text_override(arg: str) -> str:
+    """``text=The [MASK] module`` (the shell has eaten the quotes) -> ``text='The [MASK] module'``:
+    Hydra's override grammar would read ``[`` as the start of a list."""
+    key, sep, value = arg.partition("=")
+    if key.lstrip("+") != "text" or not sep or value[:1] in ("'", '"'):
+        return arg
+    return f"{key}='{value.replace(chr(39), chr(92) + chr(39))}'"
+
+
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="generate")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+
+
+def main() -> None:
+    sys.argv[1:] = [quote_text_override(arg) for arg in sys.argv[1:]]
+    _main()
 
 
 if __name__ == "__main__":

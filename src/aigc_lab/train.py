@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,12 @@ from omegaconf import DictConfig
 from aigc_lab.errors import UserError
 
 log = logging.getLogger("aigc_lab")
+
+# Noise that says nothing to a user of this project:
+# - Lightning 2.6's pytree helper trips a torch 2.14 deprecation on every batch;
+# - the frozen FID feature network is kept in eval mode on purpose, which Lightning reports at fit start.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 def conf_dir() -> str:
@@ -56,7 +63,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         logger.log_hyperparams(hparams_record(cfg, system))
 
     if cfg.get("train", True):
-        trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        # weights_only=False: our checkpoints hold config objects (partials, dataclasses) in their hparams
+        trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
     fit_metrics = dict(trainer.callback_metrics)
 
     test_metrics: dict[str, Any] = {}

@@ -41,6 +41,7 @@ class GANSystem(L.LightningModule):
         n_critic: int = 1,
         ema_decay: float | None = 0.999,
         clip_grad_norm: float | None = None,
+        lr_decay_start: float = 1.0,
         channels_last: bool = False,
         fid_features: str = "classifier",
         classifier_path: str = "~/.cache/aigc_lab/mnist_classifier.pt",
@@ -49,12 +50,16 @@ class GANSystem(L.LightningModule):
         confident_threshold: float = 0.9,
     ) -> None:
         """``lr`` is the base learning rate: the optimizer configs read it by interpolation
-        (``lr: ${..lr}``), so ``model.lr=...`` sweeps both; it is kept here for the hparams record."""
+        (``lr: ${..lr}``), so ``model.lr=...`` sweeps both; it is kept here for the hparams record.
+        ``lr_decay_start``: fraction of training after which both learning rates fall linearly to 0
+        (1.0 keeps them constant)."""
         super().__init__()
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
         if n_critic < 1:
             raise ValueError(f"n_critic must be >= 1, got {n_critic}")
+        if not 0.0 <= lr_decay_start <= 1.0:
+            raise ValueError(f"lr_decay_start must be in [0, 1], got {lr_decay_start}")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or null, got {ema_decay}")
         self.save_hyperparameters(logger=False)
@@ -156,6 +161,8 @@ class GANSystem(L.LightningModule):
         self._clip(opt_g)
         opt_g.step()
         self.untoggle_optimizer(opt_g)
+        for scheduler in self.lr_schedulers():
+            scheduler.step()
         if self.generator_ema is not None:
             self.generator_ema.update_parameters(self.generator)
 
@@ -173,7 +180,15 @@ class GANSystem(L.LightningModule):
     def configure_optimizers(self):
         opt_g = self.hparams.optimizer_g(self.generator.parameters())
         opt_d = self.hparams.optimizer_d(self.discriminator.parameters())
-        return [opt_g, opt_d]
+        # Manual optimization: training_step steps these once per batch (= per global step).
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        decay_from = int(self.hparams.lr_decay_start * total)
+
+        def factor(step: int) -> float:
+            return 1.0 if step < decay_from else max(0.0, (total - step) / max(total - decay_from, 1))
+
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in (opt_g, opt_d)]
+        return [opt_g, opt_d], [{"scheduler": s, "interval": "step", "name": n} for s, n in zip(schedulers, "gd")]
 
     # ---------------------------------------------------------------- evaluation
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

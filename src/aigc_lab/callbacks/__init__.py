@@ -1,0 +1,3 @@
+from aigc_lab.callbacks.startup import StartupTimer
+
+__all__ = ["StartupTimer"]

@@ -1,0 +1,1 @@
+"""Lightning data modules: they own reading, splitting, batching (and for text: tokenization, masking)."""

@@ -1,0 +1,136 @@
+"""MNIST held in memory as one uint8 tensor, batched by tensor indexing (no per-item PIL decoding)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from aigc_lab.errors import DataNotFoundError
+
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+class InMemoryImages(Dataset):
+    """uint8 images [N, C, H, W] and labels [N]; a batch of indices is gathered in one indexing op.
+
+    ``__getitems__`` lets the DataLoader fetch a whole batch at once, so the default batch and
+    sampler machinery (and Lightning's DistributedSampler injection) still apply.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if images.ndim == 3:
+            images = images.unsqueeze(1)
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices)
+        return to_unit_range(self.images[idx]), self.labels[idx]
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1] (the generator's tanh range)."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255]."""
+    return images.float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def _batch_as_is(batch):  # the dataset already returns whole batches
+    return batch
+
+
+def load_mnist(root: str | Path, train: bool, download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images [N, 28, 28] uint8 and labels [N] from ``<root>/MNIST/raw`` (torchvision's layout)."""
+    from torchvision.datasets import MNIST  # lazy: torchvision import costs ~1 s
+
+    root = Path(root).expanduser()
+    raw = root / "MNIST" / "raw"
+    try:
+        ds = MNIST(str(root), train=train, download=download and not _has_raw_files(raw))
+    except Exception as err:  # torchvision raises RuntimeError / URLError / OSError variants
+        raise DataNotFoundError(
+            f"MNIST not found in {raw} and it could not be downloaded ({type(err).__name__}: {err}). "
+            f"Fix: point paths.data_dir (or $AIGC_DATA_DIR) at a folder holding mnist/MNIST/raw/"
+            f"{{{','.join(MNIST_FILES)}}}, or run once with network access to download it there."
+        ) from None
+    return ds.data, ds.targets
+
+
+def _has_raw_files(raw: Path) -> bool:
+    return all((raw / f).exists() or (raw / f"{f}.gz").exists() for f in MNIST_FILES)
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """Train/val split of the 60k training images, and the 10k test images as the test set."""
+
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 128,
+        val_size: int = 5000,
+        eval_batch_size: int = 500,
+        num_workers: int = 0,
+        download: bool = True,
+        split_seed: int = 12345,
+    ) -> None:
+        super().__init__()
+        if batch_size <= 0 or eval_batch_size <= 0:
+            raise ValueError(f"batch sizes must be positive, got {batch_size} / {eval_batch_size}")
+        self.save_hyperparameters()
+        self.root = Path(data_dir).expanduser() / "mnist"
+        self.train_set: InMemoryImages | None = None
+
+    def prepare_data(self) -> None:  # runs on one process per node: the place to download
+        load_mnist(self.root, train=True, download=self.hparams.download)
+        load_mnist(self.root, train=False, download=self.hparams.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        images, labels = load_mnist(self.root, train=True, download=False)
+        val_size = min(self.hparams.val_size, len(labels) // 5)
+        perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.hparams.split_seed))
+        val_idx, train_idx = perm[:val_size], perm[val_size:]
+        self.train_set = InMemoryImages(images[train_idx], labels[train_idx])
+        self.val_set = InMemoryImages(images[val_idx], labels[val_idx])
+        self.test_set = InMemoryImages(*load_mnist(self.root, train=False, download=False))
+
+    def class_counts(self) -> torch.Tensor:
+        """Training-label histogram [10]: the label prior of a class-conditional generator."""
+        return torch.bincount(self.train_set.labels, minlength=10)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.hparams.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.hparams.eval_batch_size)
+
+    def _loader(self, ds: InMemoryImages, batch_size: int, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,  # equal batch sizes in training keep BN statistics comparable
+            num_workers=self.hparams.num_workers,
+            collate_fn=_batch_as_is,
+            persistent_workers=self.hparams.num_workers > 0,
+        )

@@ -1,0 +1,275 @@
+"""Local UTF-8 text files for masked language modelling.
+
+The tokenizer is trained on the training split (or loaded from ``tokenizer_path``) and cached; each
+split is tokenized once and its ids cached as a flat int32 tensor (``torch.save``), keyed by a hash of
+the files and the tokenizer. Sequences are either packed into fixed blocks of ``block_size`` tokens,
+``[CLS] ... [SEP]`` (``line_by_line: false``, no padding), or one per non-empty line, truncated to
+``block_size`` and padded per batch (``line_by_line: true``). Masking happens in the collator.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from itertools import chain
+from pathlib import Path
+
+import lightning as L
+import torch
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader, Dataset
+
+from aigc_lab.data.masking import MaskingCollator
+from aigc_lab.data.tokenizer import (
+    CLS,
+    MASK,
+    PAD,
+    SEP,
+    SPECIAL_TOKENS,
+    atomic_write,
+    cache_key,
+    file_fingerprint,
+    load_or_train_tokenizer,
+    load_tokenizer,
+    read_text,
+)
+from aigc_lab.errors import CorpusError, DataNotFoundError
+
+log = logging.getLogger(__name__)
+
+IDS_FORMAT = 1  # part of the token-cache key
+
+
+def resolve_files(spec: str | Sequence[str], key: str) -> list[Path]:
+    """Paths and globs -> existing files, in order (each glob sorted); a miss names the path and the fix."""
+    entries = [spec] if isinstance(spec, str) else list(spec)
+    if not entries:
+        raise DataNotFoundError(f"data.{key} is empty: give one or more text files (paths or globs)")
+    files: list[Path] = []
+    for entry in entries:
+        pattern = os.path.expanduser(str(entry))
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        for match in matches or [pattern]:
+            path = Path(match)
+            if not path.is_file():
+                raise DataNotFoundError(
+                    f"text file not found: {path} (data.{key}). Fix: set AIGC_DATA_DIR to the folder that holds "
+                    f"text/python-docs/, or point data.{key} at your own UTF-8 text files (paths or globs)"
+                )
+            files.append(path)
+    return files
+
+
+def pack_blocks(ids: torch.Tensor, block_size: int, cls_id: int, sep_id: int) -> torch.Tensor:
+    """Flat ids [N] -> [N // (block_size - 2), block_size] rows of [CLS] chunk [SEP]; the remainder is dropped."""
+    body = block_size - 2
+    n = len(ids) // body
+    chunks = ids[: n * body].view(n, body).long()  # [n, block_size - 2]
+    return torch.cat([torch.full((n, 1), cls_id), chunks, torch.full((n, 1), sep_id)], dim=1)
+
+
+class PackedBlocks(Dataset):
+    """Fixed-length blocks [N, T]; ``__getitems__`` gathers a whole batch with one indexing op."""
+
+    def __init__(self, blocks: torch.Tensor) -> None:
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices)
+        return idx, self.blocks[idx]  # sample indices [B] (for evaluation masking), ids [B, T]
+
+
+class Lines(Dataset):
+    """One ``[CLS] line [SEP]`` sequence per non-empty line, truncated to ``block_size`` tokens."""
+
+    def __init__(self, ids: torch.Tensor, lengths: torch.Tensor, block_size: int, cls_id: int, sep_id: int) -> None:
+        self.ids, self.lengths = ids, lengths
+        self.starts = torch.cumsum(lengths, 0) - lengths  # [N] offset of each line in ids
+        self.body, self.cls_id, self.sep_id = block_size - 2, cls_id, sep_id
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        rows = []
+        for i in indices:
+            start, length = int(self.starts[i]), min(int(self.lengths[i]), self.body)
+            body = self.ids[start : start + length].long()
+            rows.append(torch.cat([body.new_tensor([self.cls_id]), body, body.new_tensor([self.sep_id])]))
+        return torch.as_tensor(indices), rows
+
+
+class TextDataModule(L.LightningDataModule):
+    """Train/val/test text files -> masked-LM batches {"input_ids", "labels"[, "attention_mask"]}."""
+
+    def __init__(
+        self,
+        train_files: str | list[str],
+        val_files: str | list[str],
+        test_files: str | list[str] | None = None,
+        tokenizer_path: str | None = None,
+        vocab_size: int = 8192,
+        min_frequency: int = 2,
+        lowercase: bool = False,
+        block_size: int = 128,
+        line_by_line: bool = False,
+        mask_rate: float = 0.15,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+        cache_dir: str = ".cache",
+        eval_mask_seed: int = 0,
+    ) -> None:
+        """``test_files: null`` tests on the validation files. ``eval_mask_seed`` fixes the masks of
+        validation and test sequences, so their losses compare across epochs and runs."""
+        super().__init__()
+        if not 0.0 < mask_rate < 1.0:
+            raise ValueError(f"mask_rate must be in (0, 1), got {mask_rate}")
+        if block_size < 3:
+            raise ValueError(f"block_size must be >= 3 ([CLS], a token, [SEP]), got {block_size}")
+        if vocab_size <= len(SPECIAL_TOKENS):
+            raise ValueError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
+        if batch_size <= 0 or eval_batch_size <= 0:
+            raise ValueError(f"batch sizes must be positive, got {batch_size} / {eval_batch_size}")
+        self.save_hyperparameters()
+        # Resolved now, so that a missing file stops the run before anything heavy starts.
+        self.files = {
+            "train": resolve_files(train_files, "train_files"),
+            "val": resolve_files(val_files, "val_files"),
+            "test": resolve_files(test_files, "test_files") if test_files is not None else None,
+        }
+        self.cache_dir = Path(cache_dir).expanduser()
+        self.tokenizer: Tokenizer | None = None
+        self.datasets: dict[str, Dataset] = {}
+        self._texts: dict[str, list[str]] = {}
+
+    # ---------------------------------------------------------------- preparing (cached)
+    def prepare_data(self) -> None:
+        """Train (or find) the tokenizer and tokenize every split into the cache: one process per node."""
+        if self.datasets:  # already set up (e.g. `trainer.test` after `trainer.fit`): all is cached
+            return
+        tokenizer = load_tokenizer(self._tokenizer_file())
+        for split in ("train", "val", "test"):
+            if self.files[split] is not None:
+                self._token_ids(split, tokenizer)
+        self._texts.clear()
+
+    def _tokenizer_file(self) -> Path:
+        if self.hparams.tokenizer_path:
+            return Path(self.hparams.tokenizer_path).expanduser()
+        return load_or_train_tokenizer(
+            self.files["train"], lambda: self._read("train"), self.cache_dir,
+            self.hparams.vocab_size, self.hparams.min_frequency, self.hparams.lowercase,
+        )
+
+    def _read(self, split: str) -> list[str]:
+        if split not in self._texts:
+            texts = [read_text(path) for path in self.files[split]]
+            if not any(text.strip() for text in texts):
+                raise CorpusError(f"empty corpus: no text in {_names(self.files[split])} (data.{split}_files)")
+            self._texts[split] = texts
+        return self._texts[split]
+
+    def _token_ids(self, split: str, tokenizer: Tokenizer) -> dict[str, torch.Tensor]:
+        """{"ids": int32 [N] (all non-empty lines, no special tokens), "lengths": int32 [lines]}, cached."""
+        tok_hash = hashlib.sha256(tokenizer.to_str().encode()).hexdigest()
+        key = cache_key(file_fingerprint(self.files[split]), tok_hash, IDS_FORMAT)
+        path = self.cache_dir / "tokens" / f"{key}.pt"
+        if path.is_file():
+            return torch.load(path, weights_only=True)
+        lines = [line for text in self._read(split) for line in text.splitlines() if line.strip()]
+        encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # fast: no offsets
+        encodings = [e.ids for e in encode(lines, add_special_tokens=False)]
+        encodings = [ids for ids in encodings if ids]
+        if not encodings:
+            raise CorpusError(f"empty corpus: no tokens in {_names(self.files[split])} (data.{split}_files)")
+        blob = {
+            "ids": torch.tensor(list(chain.from_iterable(encodings)), dtype=torch.int32),
+            "lengths": torch.tensor([len(ids) for ids in encodings], dtype=torch.int32),
+        }
+        atomic_write(path, lambda tmp: torch.save(blob, tmp))
+        log.info("Tokenized %s: %d tokens in %d lines, cached in %s", split, len(blob["ids"]), len(encodings), path)
+        return blob
+
+    # ---------------------------------------------------------------- setup
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self._tokenizer_file())
+            if self.trainer is not None and self.trainer.is_global_zero:  # saved with the run
+                run_dir = Path(self.trainer.default_root_dir)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                self.tokenizer.save(str(run_dir / "tokenizer.json"))
+        if not self.datasets:
+            for split in ("train", "val", "test"):
+                if self.files[split] is not None:
+                    self.datasets[split] = self._dataset(split)
+            self.datasets.setdefault("test", self.datasets["val"])
+            self._texts.clear()
+
+    def _dataset(self, split: str) -> Dataset:
+        blob = self._token_ids(split, self.tokenizer)
+        block, cls_id, sep_id = self.hparams.block_size, self.special_id(CLS), self.special_id(SEP)
+        if self.hparams.line_by_line:
+            return Lines(blob["ids"], blob["lengths"], block, cls_id, sep_id)
+        if len(blob["ids"]) < block - 2:
+            raise CorpusError(
+                f"the {split} corpus {_names(self.files[split])} has {len(blob['ids'])} tokens, fewer than one "
+                f"block of {block} ({block - 2} + [CLS] and [SEP]): add text, or lower data.block_size"
+            )
+        return PackedBlocks(pack_blocks(blob["ids"], block, cls_id, sep_id))
+
+    @property
+    def vocab_size(self) -> int:
+        if self.tokenizer is None:
+            raise RuntimeError("the tokenizer is loaded in setup(): call it first")
+        return self.tokenizer.get_vocab_size()
+
+    def special_id(self, token: str) -> int:
+        return self.tokenizer.token_to_id(token)
+
+    # ---------------------------------------------------------------- loaders
+    def collator(self, seed: int | None) -> MaskingCollator:
+        return MaskingCollator(
+            self.vocab_size, self.special_id(MASK), self.special_id(PAD),
+            [self.special_id(t) for t in SPECIAL_TOKENS], self.hparams.mask_rate, seed,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.hparams.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.hparams.eval_batch_size)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
+        workers = self.hparams.num_workers
+        if workers > 0:
+            # Workers never tokenize; saying so keeps `tokenizers` from warning in every forked worker.
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(self.datasets[split]) >= batch_size,  # equal batch shapes in training
+            num_workers=workers,
+            collate_fn=self.collator(seed=None if shuffle else self.hparams.eval_mask_seed),
+            persistent_workers=workers > 0,
+        )
+
+
+def _names(files: Sequence[Path]) -> str:
+    return ", ".join(str(f) for f in files[:3]) + (f" (+{len(files) - 3} more)" if len(files) > 3 else "")

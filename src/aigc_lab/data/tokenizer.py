@@ -1,0 +1,144 @@
+"""A WordPiece tokenizer trained with Hugging Face ``tokenizers`` on the training split, cached by a
+hash of its inputs so that a second run loads it instead of training again.
+
+Special tokens come first, so their ids are fixed: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from aigc_lab.errors import DataNotFoundError, UserError
+
+log = logging.getLogger(__name__)
+
+PAD, UNK, CLS, SEP, MASK = SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+TOKENIZER_FORMAT = 1  # part of the cache key: bump when the pipeline below changes meaning
+
+
+def file_fingerprint(paths: Sequence[Path]) -> list[tuple[str, int, int]]:
+    """(absolute path, size, mtime in ns) of each file: what the caches are keyed by."""
+    out = []
+    for path in paths:
+        stat = Path(path).stat()
+        out.append((str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns))
+    return out
+
+
+def cache_key(*parts: object) -> str:
+    """A short stable hash of JSON-serializable parts."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file; undecodable bytes become U+FFFD and are counted in a warning, not fatal."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+        replaced = text.count("\ufffd") - raw.count("\ufffd".encode())  # minus genuine U+FFFD characters
+        log.warning("%s is not valid UTF-8: %d undecodable byte sequence(s) replaced by U+FFFD", path, replaced)
+        return text
+
+
+def build_wordpiece(lowercase: bool = False) -> Tokenizer:
+    """An untrained BERT-style pipeline: BERT normalizer, whitespace/punctuation split, WordPiece."""
+    tok = Tokenizer(models.WordPiece(unk_token=UNK))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, lowercase=lowercase, strip_accents=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+def train_wordpiece(
+    texts: Iterable[str], vocab_size: int, min_frequency: int = 2, lowercase: bool = False
+) -> Tokenizer:
+    """Train on an iterable of documents; encode() then adds [CLS] ... [SEP] like BERT."""
+    tok = build_wordpiece(lowercase)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+    )
+    tok.train_from_iterator(_line_batches(texts), trainer=trainer)
+    cls_id, sep_id = tok.token_to_id(CLS), tok.token_to_id(SEP)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1", special_tokens=[(CLS, cls_id), (SEP, sep_id)]
+    )
+    return tok
+
+
+def _line_batches(texts: Iterable[str], size: int = 2000) -> Iterator[list[str]]:
+    for text in texts:
+        lines = text.splitlines()
+        for start in range(0, len(lines), size):
+            yield lines[start : start + size]
+
+
+def check_special_tokens(tok: Tokenizer, source: str) -> Tokenizer:
+    missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
+    if missing:
+        raise UserError(f"tokenizer {source} lacks the special tokens {missing}: it needs {list(SPECIAL_TOKENS)}")
+    return tok
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """A saved tokenizer.json (e.g. from a run dir), checked for the special tokens."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataNotFoundError(f"tokenizer not found: {path} (data.tokenizer_path: give a saved tokenizer.json)")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises its own Exception type on bad JSON
+        raise UserError(f"cannot read tokenizer {path}: {err}") from None
+    return check_special_tokens(tok, str(path))
+
+
+def tokenizer_from_json(text: str) -> Tokenizer:
+    return check_special_tokens(Tokenizer.from_str(text), "from the checkpoint")
+
+
+def load_or_train_tokenizer(
+    train_files: Sequence[Path],
+    read_corpus: Callable[[], list[str]],
+    cache_dir: str | Path,
+    vocab_size: int,
+    min_frequency: int = 2,
+    lowercase: bool = False,
+) -> Path:
+    """The cached tokenizer file for these training files and settings, training it on a miss.
+
+    The key hashes the files' paths, sizes and mtimes with the settings, so an edited corpus or a new
+    vocabulary size trains a new tokenizer while a repeated run reuses the old one.
+    """
+    settings = {"vocab_size": vocab_size, "min_frequency": min_frequency, "lowercase": lowercase,
+                "format": TOKENIZER_FORMAT}
+    path = Path(cache_dir).expanduser() / "tokenizers" / f"{cache_key(file_fingerprint(train_files), settings)}.json"
+    if path.is_file():
+        log.info("Reusing the cached tokenizer %s", path)
+        return path
+    log.info("Training a WordPiece tokenizer (vocab %d) on %d file(s)", vocab_size, len(train_files))
+    tok = train_wordpiece(read_corpus(), vocab_size, min_frequency, lowercase)
+    atomic_write(path, lambda tmp: tok.save(str(tmp)))
+    log.info("Saved the tokenizer (%d tokens) to %s", tok.get_vocab_size(), path)
+    return path
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,90 @@
+"""The masked LM network: config checks, padding, the masked-positions path, learning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aigc_lab.models.mlm import MaskedLM, MLMConfig
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+TINY = dict(vocab_size=50, n_layers=2, d_model=32, n_heads=4, max_len=24, dropout=0.1)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"vocab_size": 0}, "vocab_size must be positive"),
+        ({"n_heads": 5}, "divisible by n_heads"),
+        ({"dropout": 1.0}, "dropout must be in"),
+        ({"mlp_ratio": 0}, "mlp_ratio must be positive"),
+        ({"max_len": -1}, "max_len must be positive"),
+    ],
+)
+def test_config_validation(change, message):
+    with pytest.raises(ValueError, match=message):
+        MLMConfig(**{**TINY, **change})
+
+
+def test_shapes_and_tied_output():
+    model = MaskedLM(MLMConfig(**TINY))
+    ids = torch.randint(5, 50, (3, 10))
+    assert model(ids).shape == (3, 10, 50)
+    positions = torch.zeros(3, 10, dtype=torch.bool)
+    positions[0, 1] = positions[2, 7] = True
+    assert model(ids, positions=positions).shape == (2, 50)
+    names = {n for n, _ in model.named_parameters()}
+    assert "out_bias" in names and not any("head" in n for n in names)  # the output layer is tok_emb
+    with pytest.raises(ValueError, match="exceeds max_len"):
+        model(torch.zeros(1, 25, dtype=torch.long))
+
+
+def test_masked_positions_match_full_logits():
+    model = MaskedLM(MLMConfig(**TINY)).eval()
+    ids = torch.randint(5, 50, (4, 12))
+    positions = torch.rand(4, 12) < 0.3
+    with torch.no_grad():
+        assert torch.allclose(model(ids, positions=positions), model(ids)[positions], atol=1e-5)
+
+
+def test_attention_ignores_padding():
+    model = MaskedLM(MLMConfig(**TINY)).eval()
+    ids = torch.randint(5, 50, (2, 8))
+    padded = torch.cat([ids, torch.zeros(2, 6, dtype=torch.long)], dim=1)  # 6 pads at the end
+    mask = torch.cat([torch.ones(2, 8), torch.zeros(2, 6)], dim=1).bool()
+    garbage = padded.clone()
+    garbage[:, 8:] = torch.randint(5, 50, (2, 6))  # what sits under the pads must not matter either
+    with torch.no_grad():
+        plain = model.encode(ids)
+        assert torch.allclose(model.encode(padded, mask)[:, :8], plain, atol=1e-5)
+        assert torch.allclose(model.encode(garbage, mask)[:, :8], plain, atol=1e-5)
+        assert not torch.allclose(model.encode(padded)[:, :8], plain, atol=1e-3)  # unmasked pads do leak
+
+
+def test_overfits_one_batch():
+    torch.manual_seed(0)
+    model = MaskedLM(MLMConfig(**{**TINY, "dropout": 0.0}))
+    ids = torch.randint(5, 50, (8, 16))
+    positions = torch.rand(8, 16) < 0.25
+    inputs = torch.where(positions, 4, ids)  # 4 = [MASK]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss = F.cross_entropy(model(inputs, positions=positions), ids[positions])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 10, losses[::10]
+
+
+def test_warmup_then_decay_schedule():
+    from aigc_lab.systems.mlm import lr_factor
+
+    cosine = [lr_factor(s, total=100, warmup=10, schedule="cosine", floor=0.1) for s in range(101)]
+    assert cosine[0] == pytest.approx(0.1) and cosine[9] == pytest.approx(1.0) and cosine[10] == pytest.approx(1.0)
+    assert cosine[55] == pytest.approx(0.55) and cosine[100] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(cosine[10:], cosine[11:]))
+    assert lr_factor(55, total=100, warmup=10, schedule="linear", floor=0.0) == pytest.approx(0.5)
+    assert lr_factor(99, total=100, warmup=10, schedule="constant", floor=0.0) == 1.0
