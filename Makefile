@@ -8,7 +8,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 AIGC_DATA_DIR ?= $(if $(wildcard ../shared/data/mnist),../shared/data,./data)
 export AIGC_DATA_DIR
 
-.PHONY: install train test lint bench-gan clean
+.PHONY: install train test lint bench-gan bench-mlm clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(VENV)/.installed
 
 bench-gan: $(VENV)/.installed  ## FID of the newest gan_mnist run, beside the real-vs-real floor
 	$(PY) bench/gan_fid.py $$(ls -d outputs/gan_mnist/runs/* | tail -n 1)
+
+bench-mlm: $(VENV)/.installed  ## training tokens/s of our masked LM vs transformers' BertForMaskedLM (a few min)
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) bench/mlm_speed.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
