@@ -20,7 +20,7 @@ def test_batches_in_range_and_split(data_dir):
 def test_uint8_round_trip(data_dir):
     dm = MNISTDataModule(str(data_dir))
     dm.setup()
-    assert torch.equal(to_uint8(dm.test_set[[0, 1]][0]), dm.test_set.images[:2])
+    assert torch.equal(to_uint8(dm.test_set.__getitems__([0, 1])[0]), dm.test_set.images[:2])
 
 
 def test_missing_data_names_the_folder(tmp_path):
