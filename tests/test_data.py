@@ -21,6 +21,9 @@ def test_uint8_round_trip(data_dir):
     dm = MNISTDataModule(str(data_dir))
     dm.setup()
     assert torch.equal(to_uint8(dm.test_set.__getitems__([0, 1])[0]), dm.test_set.images[:2])
+    image, label = dm.test_set[1]  # a single item has no batch dimension
+    assert image.shape == (1, 28, 28) and label.ndim == 0
+    assert torch.equal(to_uint8(image), dm.test_set.images[1])
 
 
 def test_missing_data_names_the_folder(tmp_path):

@@ -34,7 +34,8 @@ class InMemoryImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.__getitems__([index])
+        """One image [C, H, W] in [-1, 1] and its label (no batch dimension)."""
+        return to_unit_range(self.images[index]), self.labels[index]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(indices)
