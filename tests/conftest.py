@@ -127,3 +127,34 @@ def run_cli(data_dir, cache_dir, tmp_path):
 
 def run_dirs(root: Path, task: str = "debug") -> list[Path]:
     return sorted((root / "outputs" / task / "runs").glob("*"))
+
+
+TOY_FRENCH = {"the": "le", "a": "un", "parser": "analyseur", "module": "module", "reads": "lit", "writes": "écrit",
+              "opens": "ouvre", "closes": "ferme", "file": "fichier", "list": "liste", "path": "chemin",
+              "error": "erreur", "buffer": "tampon", "message": "message", "header": "en-tête", "returns": "rend"}
+TSV_MALFORMED = ("a line without any tab", "another line without a tab", "\tle fichier", "the file\t")
+
+
+def make_pairs(path: Path, n: int, seed: int, malformed: bool = False) -> Path:
+    """``source<TAB>target`` lines: short English-ish sentences and a word-by-word toy 'French'; with
+    ``malformed``, the lines of TSV_MALFORMED (2 without a tab, 2 with an empty side) are mixed in."""
+    rng = random.Random(seed)
+    words = sorted(TOY_FRENCH)
+    lines = []
+    for _ in range(n):
+        source = " ".join(rng.choice(words) for _ in range(rng.randint(2, 7)))
+        lines.append(f"{source}\t{' '.join(TOY_FRENCH[w] for w in source.split())}")
+    if malformed:
+        for i, line in enumerate(TSV_MALFORMED):
+            lines.insert(3 + 5 * i, line)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tsv_corpus(tmp_path_factory) -> dict[str, Path]:
+    """{"train", "val", "test"} -> small TSV files (300 / 40 / 40 pairs); train also holds 4 malformed lines."""
+    root = tmp_path_factory.mktemp("pairs")
+    return {split: make_pairs(root / f"{split}.tsv", n, seed, malformed=split == "train")
+            for split, n, seed in (("train", 300, 1), ("val", 40, 2), ("test", 40, 3))}

@@ -4,7 +4,10 @@ Dispatches on what the checkpoint holds:
 - a GAN's (``gan_config``): ``num_samples=N out=FILE.pt`` writes a uint8 tensor [N, C, H, W] with
   ``torch.save`` and a PNG grid of the first samples beside it;
 - a masked LM's (``mlm_config``, ``tokenizer_json``): ``text="The [MASK] module ..." top_k=5`` prints
-  the top-k tokens with their probabilities for each [MASK].
+  the top-k tokens with their probabilities for each [MASK];
+- a seq2seq model's (``seq2seq_config``, ``tokenizer_json``): ``text="..."`` prints the translation;
+  ``input=FILE [out=FILE]`` translates a file line by line (to ``out``, else to stdout);
+  ``beam_size=4`` (1 = greedy) and ``length_penalty=1.0`` steer the search.
 """
 
 from __future__ import annotations
@@ -83,11 +86,13 @@ def run(cfg: DictConfig) -> Path | None:
     ckpt = load_checkpoint(path)
     if "mlm_config" in ckpt:
         return run_fill_mask(cfg, ckpt)
+    if "seq2seq_config" in ckpt:
+        return run_translate(cfg, ckpt)
     if cfg.num_samples <= 0:
         raise UserError(f"num_samples must be positive, got {cfg.num_samples}")
     generator, prior = load_generator(ckpt, use_ema=cfg.use_ema)
     images = sample_images(generator, prior, cfg.num_samples, cfg.label, cfg.seed, cfg.batch_size)
-    out = Path(cfg.out)
+    out = Path(cfg.out or "samples.pt")
     png = write_samples(images, out, cfg.grid_columns, cfg.grid_max)
     print(f"wrote {tuple(images.shape)} uint8 samples from {path} to {out} and a grid to {png}")
     return out
@@ -100,6 +105,32 @@ def run_fill_mask(cfg: DictConfig, ckpt: dict) -> None:
         raise UserError('a masked-LM checkpoint needs text="... [MASK] ..." (and optionally top_k=5)')
     model, tokenizer = load_mlm(ckpt)
     print(format_predictions(cfg.text, fill_mask(model, tokenizer, cfg.text, cfg.top_k)))
+
+
+def run_translate(cfg: DictConfig, ckpt: dict) -> Path | None:
+    from aigc_lab.translate import load_seq2seq, translate
+
+    text, source = cfg.get("text"), cfg.get("input")
+    if (text is None) == (source is None):
+        raise UserError('a seq2seq checkpoint needs text="..." or input=FILE (and optionally out=FILE), not both')
+    if source is not None:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise UserError(f"input file not found: {path}")
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    else:
+        lines = [str(text)]
+    model, tokenizer = load_seq2seq(ckpt)
+    translations = translate(model, tokenizer, lines, cfg.beam_size, cfg.length_penalty, cfg.max_len,
+                             cfg.translate_batch_size)
+    if source is None or not cfg.out:
+        print("\n".join(translations))
+        return None
+    out = Path(cfg.out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(f"{t}\n" for t in translations), encoding="utf-8")
+    print(f"translated {len(lines)} line(s) from {path} to {out}")
+    return out
 
 
 def quote_text_override(arg: str) -> str:

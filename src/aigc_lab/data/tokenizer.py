@@ -1,7 +1,11 @@
-"""A WordPiece tokenizer trained with Hugging Face ``tokenizers`` on the training split, cached by a
-hash of its inputs so that a second run loads it instead of training again.
+"""Tokenizers trained with Hugging Face ``tokenizers`` on the training split, cached by a hash of their
+inputs so that a second run loads them instead of training again.
 
-Special tokens come first, so their ids are fixed: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4.
+- The masked LM's WordPiece: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4 (``SPECIAL_TOKENS``).
+- The seq2seq model's joint byte-level BPE over source and target text: [PAD]=0 [UNK]=1 [BOS]=2 [EOS]=3
+  (``SEQ2SEQ_SPECIAL_TOKENS``); and, for the synthetic task, a fixed symbol-level vocabulary.
+
+Special tokens come first, so their ids are fixed.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Literal
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -21,6 +26,8 @@ from aigc_lab.errors import DataNotFoundError, UserError
 log = logging.getLogger(__name__)
 
 PAD, UNK, CLS, SEP, MASK = SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+BOS, EOS = "[BOS]", "[EOS]"
+SEQ2SEQ_SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)
 TOKENIZER_FORMAT = 1  # part of the cache key: bump when the pipeline below changes meaning
 
 
@@ -75,6 +82,34 @@ def train_wordpiece(
     return tok
 
 
+def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, lowercase: bool = False) -> Tokenizer:
+    """Byte-level BPE (GPT-2 style) for translation: any character can be encoded (the 256 byte symbols
+    are in the vocabulary, so nothing is [UNK]) and decoding gives the text back, NFC-normalized.
+    Special tokens are not added by encode(): the data module puts [BOS]/[EOS] where they belong."""
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()]) if lowercase \
+        else normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)  # "word" at the start = " word" inside
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SEQ2SEQ_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(_line_batches(texts), trainer=trainer)
+    return tok
+
+
+def symbol_tokenizer(symbols: Sequence[str]) -> Tokenizer:
+    """A fixed vocabulary of whitespace-separated symbols after the seq2seq special tokens (the synthetic task):
+    "3 a 7" -> one id per symbol; decoding joins the symbols with single spaces."""
+    vocab = {token: i for i, token in enumerate([*SEQ2SEQ_SPECIAL_TOKENS, *symbols])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins tokens with spaces (no symbol starts with ##)
+    tok.add_special_tokens(list(SEQ2SEQ_SPECIAL_TOKENS))  # already in the vocabulary: marks them special
+    return tok
+
+
 def _line_batches(texts: Iterable[str], size: int = 2000) -> Iterator[list[str]]:
     for text in texts:
         lines = text.splitlines()
@@ -82,14 +117,14 @@ def _line_batches(texts: Iterable[str], size: int = 2000) -> Iterator[list[str]]
             yield lines[start : start + size]
 
 
-def check_special_tokens(tok: Tokenizer, source: str) -> Tokenizer:
-    missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
+def check_special_tokens(tok: Tokenizer, source: str, specials: Sequence[str] = SPECIAL_TOKENS) -> Tokenizer:
+    missing = [t for t in specials if tok.token_to_id(t) is None]
     if missing:
-        raise UserError(f"tokenizer {source} lacks the special tokens {missing}: it needs {list(SPECIAL_TOKENS)}")
+        raise UserError(f"tokenizer {source} lacks the special tokens {missing}: it needs {list(specials)}")
     return tok
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
+def load_tokenizer(path: str | Path, specials: Sequence[str] = SPECIAL_TOKENS) -> Tokenizer:
     """A saved tokenizer.json (e.g. from a run dir), checked for the special tokens."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -98,11 +133,11 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         tok = Tokenizer.from_file(str(path))
     except Exception as err:  # tokenizers raises its own Exception type on bad JSON
         raise UserError(f"cannot read tokenizer {path}: {err}") from None
-    return check_special_tokens(tok, str(path))
+    return check_special_tokens(tok, str(path), specials)
 
 
-def tokenizer_from_json(text: str) -> Tokenizer:
-    return check_special_tokens(Tokenizer.from_str(text), "from the checkpoint")
+def tokenizer_from_json(text: str, specials: Sequence[str] = SPECIAL_TOKENS) -> Tokenizer:
+    return check_special_tokens(Tokenizer.from_str(text), "from the checkpoint", specials)
 
 
 def load_or_train_tokenizer(
@@ -112,6 +147,7 @@ def load_or_train_tokenizer(
     vocab_size: int,
     min_frequency: int = 2,
     lowercase: bool = False,
+    kind: Literal["wordpiece", "bpe"] = "wordpiece",
 ) -> Path:
     """The cached tokenizer file for these training files and settings, training it on a miss.
 
@@ -120,12 +156,16 @@ def load_or_train_tokenizer(
     """
     settings = {"vocab_size": vocab_size, "min_frequency": min_frequency, "lowercase": lowercase,
                 "format": TOKENIZER_FORMAT}
+    if kind != "wordpiece":  # WordPiece keys stay as they were: existing caches remain valid
+        settings["kind"] = kind
     path = Path(cache_dir).expanduser() / "tokenizers" / f"{cache_key(file_fingerprint(train_files), settings)}.json"
     if path.is_file():
         log.info("Reusing the cached tokenizer %s", path)
         return path
-    log.info("Training a WordPiece tokenizer (vocab %d) on %d file(s)", vocab_size, len(train_files))
-    tok = train_wordpiece(read_corpus(), vocab_size, min_frequency, lowercase)
+    name = {"wordpiece": "WordPiece", "bpe": "byte-level BPE"}[kind]
+    log.info("Training a %s tokenizer (vocab %d) on %d file(s)", name, vocab_size, len(train_files))
+    train = train_bpe if kind == "bpe" else train_wordpiece
+    tok = train(read_corpus(), vocab_size, min_frequency, lowercase)
     atomic_write(path, lambda tmp: tok.save(str(tmp)))
     log.info("Saved the tokenizer (%d tokens) to %s", tok.get_vocab_size(), path)
     return path

@@ -1,7 +1,8 @@
 """Reusable Transformer pieces: pre-LayerNorm blocks with fused-qkv attention through
-``scaled_dot_product_attention``. Shared by the masked LM and (later) the seq2seq model.
+``scaled_dot_product_attention``. Shared by the masked LM and the seq2seq model.
 
-Shapes: B = batch, T = sequence length, D = d_model, H = heads, Dh = D // H.
+Shapes: B = batch, T = sequence length (queries), S = keys (the memory, or the cached past plus T),
+D = d_model, H = heads, Dh = D // H.
 Masks follow sdpa's boolean convention: True = may attend.
 """
 
@@ -22,6 +23,31 @@ def key_padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None
     return attention_mask.bool()[:, None, None, :]
 
 
+class KVCache:
+    """Keys and values of one attention layer kept across incremental decoding steps, each [B, H, S, Dh]."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        """S: the number of cached positions."""
+        return 0 if self.k is None else self.k.shape[2]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add this step's keys and values [B, H, T, Dh]; returns all of them so far, [B, H, S + T, Dh]."""
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        self.k, self.v = k, v
+        return k, v
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep the rows ``index`` [B'] in that order (beam search: each hypothesis takes its parent's cache)."""
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention: one fused qkv projection, sdpa, an output projection."""
 
@@ -35,13 +61,75 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(d_model, d_model)
         self.proj_drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        """x [B, T, D]; attn_mask boolean, broadcastable to [B, H, T, T], or None -> [B, T, D]."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """x [B, T, D]; attn_mask boolean, broadcastable to [B, H, T, S], or None -> [B, T, D].
+
+        With a ``cache``, x holds only the new positions: their keys and values are appended to the
+        cache and the queries attend to everything cached (causally, when ``is_causal``).
+        """
         b, t, d = x.shape
         # [B, T, 3D] -> [3, B, H, T, Dh]
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            past = cache.length
+            k, v = cache.append(k, v)  # [B, H, past + T, Dh]
+            if is_causal and past:
+                # sdpa's is_causal aligns its triangle top-left; with `past` cached keys, new query i may
+                # see keys 0 .. past + i. One new query (the usual decoding step) sees every key.
+                is_causal = False
+                if t > 1:
+                    causal = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
+                    attn_mask = causal if attn_mask is None else attn_mask & causal
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
+        )  # [B, H, T, Dh]
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, t, d)))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of queries x [B, T, D] over a memory [B, S, D] (the encoder output): a query
+    projection, one fused key/value projection of the memory, sdpa, an output projection."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.q = nn.Linear(d_model, d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.proj_drop = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """x [B, T, D], memory [B, S, D], attn_mask boolean broadcastable to [B, H, T, S] -> [B, T, D].
+
+        With a ``cache``, the memory's keys and values are computed at the first call and reused after.
+        """
+        b, t, d = x.shape
+        h, dh = self.n_heads, d // self.n_heads
+        q = self.q(x).view(b, t, h, dh).transpose(1, 2)  # [B, H, T, Dh]
+        if cache is not None and cache.k is not None:
+            k, v = cache.k, cache.v  # [B, H, S, Dh], from an earlier step
+        else:
+            s = memory.shape[1]
+            k, v = self.kv(memory).view(b, s, 2, h, dh).permute(2, 0, 3, 1, 4)  # [2, B, H, S, Dh]
+            if cache is not None:
+                cache.append(k, v)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )  # [B, H, T, Dh]
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, t, d)))
 
@@ -72,6 +160,32 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         x = x + self.attn(self.ln_attn(x), attn_mask, is_causal)
+        return x + self.mlp(self.ln_mlp(x))
+
+
+class DecoderBlock(nn.Module):
+    """Pre-LayerNorm decoder block: x + causal self-attn(LN(x)), x + cross-attn(LN(x), memory), x + mlp(LN(x))."""
+
+    def __init__(self, d_model: int, n_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.ln_self = nn.LayerNorm(d_model)
+        self.self_attn = SelfAttention(d_model, n_heads, dropout)
+        self.ln_cross = nn.LayerNorm(d_model)
+        self.cross_attn = CrossAttention(d_model, n_heads, dropout)
+        self.ln_mlp = nn.LayerNorm(d_model)
+        self.mlp = MLP(d_model, mlp_ratio, dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor | None = None,
+        self_cache: KVCache | None = None,
+        cross_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """x [B, T, D] (the new target positions when cached), memory [B, S, D], memory_mask [B, 1, 1, S]."""
+        x = x + self.self_attn(self.ln_self(x), is_causal=True, cache=self_cache)
+        x = x + self.cross_attn(self.ln_cross(x), memory, memory_mask, cache=cross_cache)
         return x + self.mlp(self.ln_mlp(x))
 
 

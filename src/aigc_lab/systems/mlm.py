@@ -117,11 +117,7 @@ class MLMSystem(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]  # biases, LayerNorm
-        optimizer = self.hparams.optimizer(
-            [{"params": decay, "name": "decay"}, {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
-        )  # the names label the learning-rate curves: lr/decay, lr/no_decay
+        optimizer = self.hparams.optimizer(weight_decay_groups(self))  # curves: lr/decay, lr/no_decay
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         factor = partial(lr_factor, total=total, warmup=int(self.hparams.warmup_ratio * total),
                          schedule=self.hparams.schedule, floor=self.hparams.min_lr_ratio)
@@ -192,12 +188,24 @@ class MLMSystem(L.LightningModule):
             self.model = MaskedLM(self.cfg)
 
 
+def weight_decay_groups(module: torch.nn.Module) -> list[dict]:
+    """Optimizer parameter groups: every matrix decays, biases and LayerNorm weights (ndim < 2) do not.
+    The names label the learning-rate curves (lr/decay, lr/no_decay)."""
+    decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in module.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "name": "decay"}, {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+
+
 def lr_factor(step: int, total: int, warmup: int, schedule: str, floor: float) -> float:
-    """Multiplier of the peak learning rate: linear warm-up over ``warmup`` steps, then decay to ``floor``."""
+    """Multiplier of the peak learning rate: linear warm-up over ``warmup`` steps, then decay to ``floor``:
+    cosine or linear over the remaining steps, none (constant), or inverse_sqrt: sqrt(warmup / step)
+    (Vaswani et al., 2017; 1 at the end of the warm-up, with no end point, floored at ``floor``)."""
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
+    if schedule == "inverse_sqrt":
+        return max(floor, math.sqrt(max(warmup, 1) / max(step, 1)))
     progress = min((step - warmup) / max(total - warmup, 1), 1.0)
     shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
     return floor + (1.0 - floor) * shape

@@ -1,0 +1,434 @@
+"""Parallel text for the seq2seq model: ``source<TAB>target`` TSV files, or a built-in synthetic task.
+
+TSV files: one pair per line, split at the tab. Lines without a tab, with more than one, with an empty
+side, or with a side longer than ``max_len`` tokens (its [BOS]/[EOS] included) are skipped and counted
+in one warning per file; a file with no usable line is an error that names it. A joint byte-level BPE
+tokenizer is trained on both sides of the training pairs and cached like the masked LM's (keyed by the
+file and the settings), or loaded from ``tokenizer_path``.
+
+The synthetic task (``task: synthetic``) needs no files: random strings of space-separated symbols and
+the same strings reversed, a fixed function of ``synthetic_seed`` and the split, with a symbol-level
+tokenizer ("3 a 7" -> "7 a 3").
+
+Batches are cut by a token budget (``TokenBudgetBatchSampler``): padded source + padded target tokens
+<= ``max_tokens``, pairs of similar lengths together. A batch is a dict:
+src [B, S] (ids + [EOS]), src_mask [B, S] (True = token), tgt_in [B, T] ([BOS] + ids), tgt_out [B, T]
+(ids + [EOS]), padded with [PAD]; and the raw strings ``source`` and ``reference`` (B each), for BLEU
+on detokenized text.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from aigc_lab.data.tokenizer import (
+    BOS,
+    EOS,
+    PAD,
+    SEQ2SEQ_SPECIAL_TOKENS,
+    load_or_train_tokenizer,
+    load_tokenizer,
+    read_text,
+    symbol_tokenizer,
+)
+from aigc_lab.errors import CorpusError, DataNotFoundError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+SYMBOLS = "0123456789abcdefghijklmnopqrstuvwxyz"  # the synthetic task's alphabet (its first synthetic_symbols)
+Pair = tuple[str, str]  # (source, target)
+Batch = dict[str, Any]  # tensors and lists of strings: see the module docstring
+
+
+# -------------------------------------------------------------------- reading
+def read_tsv(path: Path) -> tuple[list[Pair], Counter, int]:
+    """(pairs, skipped lines per reason, number of lines) of a ``source<TAB>target`` file; sides are stripped."""
+    pairs: list[Pair] = []
+    skipped: Counter = Counter()
+    lines = read_text(path).splitlines()
+    for line in lines:
+        fields = line.split("\t")
+        if len(fields) == 1:
+            skipped["no tab" if line.strip() else "blank"] += 1
+        elif len(fields) > 2:
+            skipped["more than one tab"] += 1
+        elif not fields[0].strip() or not fields[1].strip():
+            skipped["empty side"] += 1
+        else:
+            pairs.append((fields[0].strip(), fields[1].strip()))
+    return pairs, skipped, len(lines)
+
+
+def synthetic_pairs(n: int, min_len: int, max_len: int, n_symbols: int, seed: str) -> list[Pair]:
+    """n reversal pairs: ("3 a 7 7", "7 7 a 3"), lengths uniform in [min_len, max_len], a fixed function of seed."""
+    rng = random.Random(seed)  # a str seed is hashed deterministically (not by PYTHONHASHSEED)
+    symbols = SYMBOLS[:n_symbols]
+    pairs = []
+    for _ in range(n):
+        seq = [rng.choice(symbols) for _ in range(rng.randint(min_len, max_len))]
+        pairs.append((" ".join(seq), " ".join(reversed(seq))))
+    return pairs
+
+
+def encode_texts(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text, without special tokens."""
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # fast: no offsets
+    return [e.ids for e in encode(list(texts), add_special_tokens=False)]
+
+
+def detokenize(tokenizer: Tokenizer, ids: Sequence[Sequence[int]]) -> list[str]:
+    """Token ids -> text, special tokens dropped and whitespace collapsed (one line per hypothesis)."""
+    return [" ".join(text.split()) for text in tokenizer.decode_batch([list(x) for x in ids], skip_special_tokens=True)]
+
+
+# -------------------------------------------------------------------- datasets and batches
+class PairDataset(Dataset):
+    """Token ids and raw strings of each pair; lengths count the [EOS] (source) and [BOS]/[EOS] (target) added."""
+
+    def __init__(self, src_ids: list[list[int]], tgt_ids: list[list[int]], sources: list[str], targets: list[str]):
+        self.src_ids, self.tgt_ids, self.sources, self.targets = src_ids, tgt_ids, sources, targets
+        self.src_lengths = [len(ids) + 1 for ids in src_ids]  # + [EOS]
+        self.tgt_lengths = [len(ids) + 1 for ids in tgt_ids]  # [BOS] + ids, or ids + [EOS]
+
+    def __len__(self) -> int:
+        return len(self.src_ids)
+
+    def __getitem__(self, i: int) -> tuple[list[int], list[int], str, str]:
+        return self.src_ids[i], self.tgt_ids[i], self.sources[i], self.targets[i]
+
+
+class PairCollator:
+    """Samples -> a padded batch (see the module docstring)."""
+
+    def __init__(self, pad_id: int, bos_id: int, eos_id: int) -> None:
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+
+    def __call__(self, samples: list[tuple[list[int], list[int], str, str]]) -> Batch:
+        src, src_mask = self._pad([s + [self.eos_id] for s, _, _, _ in samples])  # [B, S]
+        tgt_in, _ = self._pad([[self.bos_id] + t for _, t, _, _ in samples])  # [B, T]
+        tgt_out, _ = self._pad([t + [self.eos_id] for _, t, _, _ in samples])  # [B, T]
+        return {"src": src, "src_mask": src_mask, "tgt_in": tgt_in, "tgt_out": tgt_out,
+                "source": [s for _, _, s, _ in samples], "reference": [r for _, _, _, r in samples]}
+
+    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.full((len(rows), max(len(r) for r in rows)), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(ids.shape, dtype=torch.bool)  # from the lengths: a literal "[PAD]" in text stays a token
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = True
+        return ids, mask
+
+
+class TokenBudgetBatchSampler(Sampler[list[int]]):
+    """Batches of sample indices whose padded size, B x (longest source + longest target), stays within
+    ``max_tokens`` (a pair bigger than that alone makes a batch).
+
+    Training (``train=True``): shuffle the pairs, sort each chunk of ``sort_chunk`` pairs by length so that
+    a batch holds similar lengths (little padding), cut batches, shuffle the batch order; a new order at each
+    iteration (epoch), a fixed function of ``seed`` and the epoch. Evaluation: one global length sort (the
+    least padding), then a fixed shuffle of the batch order, so that the first few batches (decoded in
+    validation) are a fair sample of lengths. With ``num_replicas`` processes (DDP) each rank takes every
+    num_replicas-th batch; in training, all ranks get as many batches (the last few are dropped).
+    """
+
+    def __init__(
+        self,
+        src_lengths: Sequence[int],
+        tgt_lengths: Sequence[int],
+        max_tokens: int,
+        train: bool = False,
+        sort_chunk: int = 8192,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        super().__init__()
+        if max_tokens <= 0 or sort_chunk <= 0:
+            raise ValueError(f"max_tokens and sort_chunk must be positive, got {max_tokens} and {sort_chunk}")
+        self.src_lengths, self.tgt_lengths = list(src_lengths), list(tgt_lengths)
+        self.max_tokens, self.train, self.sort_chunk, self.seed = max_tokens, train, sort_chunk, seed
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch = 0  # advanced by each __iter__ (Lightning sets epochs on samplers, not on batch samplers)
+        self._cached: tuple[int, list[list[int]]] | None = None
+
+    def batches(self, epoch: int = 0) -> list[list[int]]:
+        """This rank's batches for an epoch (the epoch matters in training only)."""
+        if self._cached is not None and self._cached[0] == epoch:
+            return self._cached[1]
+        n = len(self.src_lengths)
+        if n == 0:
+            return []
+        # Training: the run seed and the epoch; evaluation: always the same order, whatever the run seed.
+        rng = torch.Generator().manual_seed(self.seed + epoch if self.train else 0)
+        order = torch.randperm(n, generator=rng) if self.train else torch.arange(n)
+        chunk = self.sort_chunk if self.train else max(n, 1)
+        src, tgt = torch.tensor(self.src_lengths), torch.tensor(self.tgt_lengths)
+        batches: list[list[int]] = []
+        for start in range(0, n, chunk):
+            idx = order[start : start + chunk]
+            key = src[idx] * (int(tgt.max()) + 1) + tgt[idx]  # by source length, then target length
+            batches += self._cut(idx[torch.argsort(key, stable=True)].tolist())
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=rng).tolist()]
+        if self.num_replicas > 1:
+            if self.train:
+                batches = batches[: len(batches) // self.num_replicas * self.num_replicas]
+            batches = batches[self.rank :: self.num_replicas]
+        self._cached = (epoch, batches)
+        return batches
+
+    def _cut(self, indices: list[int]) -> list[list[int]]:
+        out: list[list[int]] = []
+        batch: list[int] = []
+        longest_src = longest_tgt = 0
+        for i in indices:
+            s, t = max(longest_src, self.src_lengths[i]), max(longest_tgt, self.tgt_lengths[i])
+            if batch and (len(batch) + 1) * (s + t) > self.max_tokens:
+                out.append(batch)
+                batch, s, t = [], self.src_lengths[i], self.tgt_lengths[i]
+            batch.append(i)
+            longest_src, longest_tgt = s, t
+        if batch:
+            out.append(batch)
+        return out
+
+    def padding_share(self, epoch: int = 0) -> float:
+        """Share of the padded batch tokens (source + target) that are padding."""
+        padded = real = 0
+        for batch in self.batches(epoch):
+            src = [self.src_lengths[i] for i in batch]
+            tgt = [self.tgt_lengths[i] for i in batch]
+            padded += len(batch) * (max(src) + max(tgt))
+            real += sum(src) + sum(tgt)
+        return 1.0 - real / padded if padded else 0.0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.batches(self.epoch)
+        if self.train:
+            self.epoch += 1
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return len(self.batches(self.epoch))
+
+
+# -------------------------------------------------------------------- the data module
+class ParallelDataModule(L.LightningDataModule):
+    """Train/val/test pairs -> token-budget batches for teacher forcing and translation metrics."""
+
+    def __init__(
+        self,
+        task: Literal["tsv", "synthetic"] = "tsv",
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        tokenizer_path: str | None = None,
+        vocab_size: int = 8000,
+        min_frequency: int = 2,
+        lowercase: bool = False,
+        max_len: int = 128,
+        max_tokens: int = 4096,
+        eval_max_tokens: int = 8192,
+        sort_chunk: int = 8192,
+        num_workers: int = 0,
+        cache_dir: str = ".cache",
+        synthetic_train_size: int = 20000,
+        synthetic_val_size: int = 500,
+        synthetic_test_size: int = 500,
+        synthetic_min_len: int = 3,
+        synthetic_max_len: int = 10,
+        synthetic_symbols: int = 20,
+        synthetic_seed: int = 0,
+    ) -> None:
+        """``task: tsv`` reads ``train_file``/``val_file``/``test_file`` (``test_file: null`` tests on the
+        validation file); ``task: synthetic`` generates the reversal task (the ``synthetic_*`` keys) instead.
+        ``max_len``: tokens per side, [BOS]/[EOS] included (longer pairs are skipped). ``max_tokens``: padded
+        source + target tokens per training batch (``eval_max_tokens`` for validation and test)."""
+        super().__init__()
+        if task not in ("tsv", "synthetic"):
+            raise ValueError(f"task must be tsv or synthetic, got {task!r}")
+        if max_len < 2:
+            raise ValueError(f"max_len must be >= 2 (a token and [EOS]), got {max_len}")
+        if min(max_tokens, eval_max_tokens) < 2 * max_len:
+            raise ValueError(
+                f"max_tokens ({max_tokens}) and eval_max_tokens ({eval_max_tokens}) must be >= 2 * max_len "
+                f"({2 * max_len}), so that the longest pair fits in a batch"
+            )
+        n_special = len(SEQ2SEQ_SPECIAL_TOKENS)
+        if vocab_size <= n_special:
+            raise ValueError(f"vocab_size must exceed the {n_special} special tokens, got {vocab_size}")
+        if task == "synthetic":
+            if not 2 <= synthetic_symbols <= len(SYMBOLS):
+                raise ValueError(f"synthetic_symbols must be in [2, {len(SYMBOLS)}], got {synthetic_symbols}")
+            if not 1 <= synthetic_min_len <= synthetic_max_len < max_len:
+                raise ValueError(
+                    f"need 1 <= synthetic_min_len ({synthetic_min_len}) <= synthetic_max_len ({synthetic_max_len}) "
+                    f"< max_len ({max_len})"
+                )
+            if min(synthetic_train_size, synthetic_val_size, synthetic_test_size) <= 0:
+                raise ValueError("synthetic_train_size, synthetic_val_size and synthetic_test_size must be positive")
+        self.save_hyperparameters()
+        self.files: dict[str, Path | None] = {}
+        if task == "tsv":  # resolved now: a missing file stops the run before anything heavy starts
+            self.files = {"train": _tsv(train_file, "train_file"), "val": _tsv(val_file, "val_file"),
+                          "test": _tsv(test_file, "test_file") if test_file is not None else None}
+        self.cache_dir = Path(cache_dir).expanduser()
+        self.tokenizer: Tokenizer | None = None
+        self.datasets: dict[str, PairDataset] = {}
+        self._read: dict[str, tuple[list[Pair], Counter, int]] = {}
+
+    # ---------------------------------------------------------------- preparing (cached)
+    def prepare_data(self) -> None:
+        """Train (or find) the BPE tokenizer: one process per node."""
+        if self.hparams.task == "tsv" and not self.datasets:
+            self._tokenizer_file()
+
+    def _tokenizer_file(self) -> Path:
+        if self.hparams.tokenizer_path:
+            return Path(self.hparams.tokenizer_path).expanduser()
+
+        def corpus() -> list[str]:  # both sides of the training pairs: one joint vocabulary
+            pairs = self._pairs("train")
+            return ["\n".join(s for s, _ in pairs), "\n".join(t for _, t in pairs)]
+
+        return load_or_train_tokenizer(
+            [self.files["train"]], corpus, self.cache_dir, self.hparams.vocab_size,
+            self.hparams.min_frequency, self.hparams.lowercase, kind="bpe",
+        )
+
+    def _pairs(self, split: str) -> list[Pair]:
+        """The well-formed pairs of a split (read once; skipped lines are reported with the length check)."""
+        if split not in self._read:
+            h = self.hparams
+            if h.task == "synthetic":
+                size = {"train": h.synthetic_train_size, "val": h.synthetic_val_size, "test": h.synthetic_test_size}
+                pairs = synthetic_pairs(size[split], h.synthetic_min_len, h.synthetic_max_len, h.synthetic_symbols,
+                                        seed=f"{h.synthetic_seed}-{split}")
+                self._read[split] = (pairs, Counter(), len(pairs))
+            else:
+                self._read[split] = read_tsv(self.files[split])
+                if not self._read[split][0]:
+                    self._no_pairs(split)
+        return self._read[split][0]
+
+    def _no_pairs(self, split: str) -> None:
+        _, skipped, n_lines = self._read[split]
+        raise CorpusError(
+            f"no usable source<TAB>target pair in {self.files[split]} (data.{split}_file): {n_lines} lines, "
+            f"skipped {_reasons(skipped) or 'none'}. Each line needs a source, one tab and a target, "
+            f"each at most {self.hparams.max_len - 1} tokens (data.max_len)"
+        )
+
+    # ---------------------------------------------------------------- setup
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None:
+            if self.hparams.task == "synthetic":
+                self.tokenizer = symbol_tokenizer(SYMBOLS[: self.hparams.synthetic_symbols])
+            else:
+                self.tokenizer = load_tokenizer(self._tokenizer_file(), SEQ2SEQ_SPECIAL_TOKENS)
+            if self.trainer is not None and self.trainer.is_global_zero:  # saved with the run
+                run_dir = Path(self.trainer.default_root_dir)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                self.tokenizer.save(str(run_dir / "tokenizer.json"))
+        if not self.datasets:
+            for split in SPLITS:
+                if self.hparams.task == "synthetic" or self.files[split] is not None:
+                    self.datasets[split] = self._dataset(split)
+            self.datasets.setdefault("test", self.datasets["val"])
+            self._read.clear()
+            for split in ("train", "val"):
+                sampler = self._sampler(split)
+                log.info("%s: %d pairs in %d batches of <= %d padded tokens, %.1f%% padding", split,
+                         len(self.datasets[split]), len(sampler), sampler.max_tokens, 100 * sampler.padding_share())
+
+    def _dataset(self, split: str) -> PairDataset:
+        pairs = self._pairs(split)
+        sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
+        src_ids, tgt_ids = encode_texts(self.tokenizer, sources), encode_texts(self.tokenizer, targets)
+        limit = self.hparams.max_len - 1  # room for [EOS] (source) or [BOS]/[EOS] (target)
+        keep = [i for i in range(len(pairs)) if 0 < len(src_ids[i]) <= limit and 0 < len(tgt_ids[i]) <= limit]
+        _, skipped, n_lines = self._read[split]
+        too_long = sum(1 for i in range(len(pairs)) if len(src_ids[i]) > limit or len(tgt_ids[i]) > limit)
+        if too_long:
+            skipped["too long"] += too_long
+        if len(keep) + too_long < len(pairs):  # a side that encodes to nothing (e.g. only control characters)
+            skipped["no tokens"] += len(pairs) - len(keep) - too_long
+        if skipped:
+            log.warning("%s: skipped %d of %d lines (%s)", self.files.get(split) or f"synthetic {split}",
+                        sum(skipped.values()), n_lines, _reasons(skipped))
+        if not keep:
+            self._no_pairs(split)
+        return PairDataset([src_ids[i] for i in keep], [tgt_ids[i] for i in keep],
+                           [sources[i] for i in keep], [targets[i] for i in keep])
+
+    @property
+    def vocab_size(self) -> int:
+        if self.tokenizer is None:
+            raise RuntimeError("the tokenizer is loaded in setup(): call it first")
+        return self.tokenizer.get_vocab_size()
+
+    def special_id(self, token: str) -> int:
+        return self.tokenizer.token_to_id(token)
+
+    # ---------------------------------------------------------------- loaders
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def _sampler(self, split: str) -> TokenBudgetBatchSampler:
+        train = split == "train"
+        trainer = self.trainer
+        dataset = self.datasets[split]
+        return TokenBudgetBatchSampler(
+            dataset.src_lengths, dataset.tgt_lengths,
+            self.hparams.max_tokens if train else self.hparams.eval_max_tokens,
+            train=train, sort_chunk=self.hparams.sort_chunk,
+            seed=torch.initial_seed() % 2**31,  # the run seed (seed_everything)
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+        )
+
+    def _loader(self, split: str) -> DataLoader:
+        workers = self.hparams.num_workers
+        if workers > 0:
+            # Workers never tokenize; saying so keeps `tokenizers` from warning in every forked worker.
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        return DataLoader(
+            self.datasets[split],
+            batch_sampler=self._sampler(split),
+            num_workers=workers,
+            collate_fn=PairCollator(self.special_id(PAD), self.special_id(BOS), self.special_id(EOS)),
+            persistent_workers=workers > 0,
+        )
+
+
+def _tsv(path: str | None, key: str) -> Path:
+    if path is None:
+        raise DataNotFoundError(f"data.{key} is null: give a source<TAB>target file (or set data.task=synthetic)")
+    resolved = Path(os.path.expanduser(str(path)))
+    if not resolved.is_file():
+        raise DataNotFoundError(
+            f"TSV file not found: {resolved} (data.{key}). Fix: set AIGC_DATA_DIR to the folder that holds "
+            f"pairs/en-fr/, or point data.{key} at your own UTF-8 file of source<TAB>target lines"
+        )
+    return resolved
+
+
+def _reasons(skipped: Counter) -> str:
+    return ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.items()))

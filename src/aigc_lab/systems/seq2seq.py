@@ -1,0 +1,250 @@
+"""Seq2seq translation with Lightning (automatic optimization).
+
+Training: teacher forcing ([BOS] y_1 .. y_{T-1} -> y_1 .. y_T [EOS]) with label-smoothed cross-entropy
+over the non-pad target tokens; AdamW with weight decay on matrices only, linear warm-up then
+inverse-sqrt, cosine, linear or no decay (``systems.mlm.lr_factor``); gradient clipping by
+``trainer.gradient_clip_val``.
+
+Validation and test: ``{stage}/loss`` is the plain (unsmoothed) token cross-entropy summed over the whole
+set and all ranks, divided by the token count. Sentences are translated by beam search (greedy for
+``beam_size: 1``) and scored with sacreBLEU on detokenized text against the raw references:
+``{stage}/bleu``, ``{stage}/chrf``, and ``{stage}/exact_match`` (the share of hypotheses equal to their
+reference: the synthetic task's measure). Validation translates only its first ``val_decode_batches``
+batches (null: all) to stay cheap; the test translates everything. Under DDP, every rank's
+(source, reference, hypothesis) triples are gathered (``all_gather_object``) before scoring, so every
+rank computes the same corpus-level scores from all sentences. A few validation translations go to
+TensorBoard's TEXT tab.
+
+The model is built in ``configure_model`` from the datamodule's tokenizer (``net`` is a partial
+``Seq2SeqConfig``, every field but ``vocab_size``). Checkpoints carry ``seq2seq_config`` and
+``tokenizer_json``, so translation works from a checkpoint alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from functools import partial
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_only
+from tokenizers import Tokenizer
+
+from aigc_lab.data.parallel import Batch, detokenize
+from aigc_lab.data.tokenizer import BOS, EOS, PAD, SEQ2SEQ_SPECIAL_TOKENS, tokenizer_from_json
+from aigc_lab.errors import UserError
+from aigc_lab.models.decoding import search
+from aigc_lab.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
+from aigc_lab.systems.mlm import lr_factor, weight_decay_groups
+
+Triple = tuple[str, str, str]  # (source, reference, hypothesis)
+
+
+class Seq2SeqSystem(L.LightningModule):
+    def __init__(
+        self,
+        net: partial | Seq2SeqConfig,
+        optimizer: partial,
+        lr: float = 5e-4,
+        schedule: Literal["inverse_sqrt", "cosine", "linear", "constant"] = "inverse_sqrt",
+        warmup_ratio: float = 0.05,
+        min_lr_ratio: float = 0.0,
+        label_smoothing: float = 0.1,
+        beam_size: int = 4,
+        length_penalty: float = 1.0,
+        max_decode_len: int = 128,
+        val_decode_batches: int | None = 4,
+        num_examples: int = 4,
+    ) -> None:
+        """``net``: a partial ``Seq2SeqConfig`` completed with the tokenizer's vocabulary size (or a full
+        config, then its vocab_size must match the tokenizer). ``lr`` is the peak learning rate, read by the
+        optimizer config through interpolation; the warm-up lasts ``warmup_ratio`` of the training steps.
+        Decoding: ``beam_size`` (1 = greedy), GNMT ``length_penalty`` alpha, at most ``max_decode_len``
+        tokens and at most 2 x the batch's source length + 10."""
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        if not 0.0 <= warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+        if schedule not in ("inverse_sqrt", "cosine", "linear", "constant"):
+            raise ValueError(f"schedule must be inverse_sqrt, cosine, linear or constant, got {schedule!r}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        if max_decode_len < 1:
+            raise ValueError(f"max_decode_len must be >= 1, got {max_decode_len}")
+        if val_decode_batches is not None and val_decode_batches < 1:
+            raise ValueError(f"val_decode_batches must be >= 1 or null (all), got {val_decode_batches}")
+        if not isinstance(net, Seq2SeqConfig):
+            net(vocab_size=len(SEQ2SEQ_SPECIAL_TOKENS) + 1)  # checks the other fields now, before any data work
+        self.save_hyperparameters(logger=False)
+        self.cfg: Seq2SeqConfig | None = net if isinstance(net, Seq2SeqConfig) else None
+        self.model: Seq2SeqTransformer | None = Seq2SeqTransformer(self.cfg) if self.cfg is not None else None
+        self.tokenizer: Tokenizer | None = None
+        self._outputs: list[Triple] = []
+
+    # ---------------------------------------------------------------- building
+    def configure_model(self) -> None:
+        """Build the network for the datamodule's tokenizer (called by the trainer before fit/test)."""
+        try:
+            datamodule = getattr(self.trainer, "datamodule", None)
+        except RuntimeError:  # load_from_checkpoint, no trainer: on_load_checkpoint builds from the checkpoint
+            return
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        if tokenizer is not None and self.tokenizer is None:
+            self.set_tokenizer(tokenizer)
+        if self.model is not None:
+            return
+        if self.tokenizer is None:
+            raise UserError("the seq2seq model needs a datamodule with a tokenizer (e.g. data=parallel)")
+        self.cfg = self.hparams.net(vocab_size=self.tokenizer.get_vocab_size())
+        self.model = Seq2SeqTransformer(self.cfg)
+        max_len = getattr(getattr(datamodule, "hparams", None), "max_len", 0)
+        if max_len > self.cfg.max_len:
+            raise UserError(f"data.max_len ({max_len}) exceeds model.net.max_len ({self.cfg.max_len})")
+
+    def set_tokenizer(self, tokenizer: Tokenizer) -> None:
+        vocab = tokenizer.get_vocab_size()
+        if self.cfg is not None and self.cfg.vocab_size != vocab:
+            raise UserError(f"the model's vocab_size is {self.cfg.vocab_size} but the tokenizer has {vocab} tokens")
+        self.tokenizer = tokenizer
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.token_to_id(PAD)
+
+    def on_fit_start(self) -> None:
+        # The model did not exist when the launcher recorded hyperparameters: add its size now.
+        n_params = sum(p.numel() for p in self.parameters())
+        for logger in self.loggers:
+            logger.log_hyperparams({"params/total": n_params, "params/trainable": n_params})
+
+    # ---------------------------------------------------------------- training
+    def teacher_forced_logits(self, batch: Batch) -> torch.Tensor:
+        """Teacher-forced logits [B*T, V] (float32), aligned with batch["tgt_out"].view(-1)."""
+        logits = self.model(batch["src"], batch["src_mask"], batch["tgt_in"])  # [B, T, V]
+        return logits.float().view(-1, logits.shape[-1])
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss = F.cross_entropy(
+            self.teacher_forced_logits(batch), batch["tgt_out"].view(-1),
+            ignore_index=self.pad_id, label_smoothing=self.hparams.label_smoothing,
+        )
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = self.hparams.optimizer(weight_decay_groups(self))  # curves: lr/decay, lr/no_decay
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        factor = partial(lr_factor, total=total, warmup=int(self.hparams.warmup_ratio * total),
+                         schedule=self.hparams.schedule, floor=self.hparams.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+    # ---------------------------------------------------------------- evaluation
+    def on_validation_epoch_start(self) -> None:
+        self._reset()
+
+    def on_test_epoch_start(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._totals = torch.zeros(2, device=self.device, dtype=torch.float64)  # loss sum, target tokens
+        self._outputs = []
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._accumulate(batch)
+        limit = self.hparams.val_decode_batches
+        if limit is None or batch_idx < limit:
+            self._translate(batch)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._accumulate(batch)
+        self._translate(batch)
+
+    def _accumulate(self, batch: Batch) -> None:
+        target = batch["tgt_out"].view(-1)
+        logits = self.teacher_forced_logits(batch)
+        loss_sum = F.cross_entropy(logits, target, ignore_index=self.pad_id, reduction="sum")
+        n = (target != self.pad_id).sum()
+        self._totals += torch.stack([loss_sum.double(), n.double()])
+
+    def _translate(self, batch: Batch) -> None:
+        src = batch["src"]
+        max_len = min(self.hparams.max_decode_len, 2 * src.shape[1] + 10)
+        ids = search(self.model, src, batch["src_mask"], self.tokenizer.token_to_id(BOS),
+                     self.tokenizer.token_to_id(EOS), max_len, self.hparams.beam_size, self.hparams.length_penalty)
+        self._outputs += zip(batch["source"], batch["reference"], detokenize(self.tokenizer, ids))
+
+    def on_validation_epoch_end(self) -> None:
+        outputs = self._log_scores("val")
+        if not self.trainer.sanity_checking and outputs and self.hparams.num_examples > 0:
+            self._log_examples(outputs[: self.hparams.num_examples])
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
+
+    def _log_scores(self, stage: str) -> list[Triple]:
+        loss_sum, n = self.trainer.strategy.reduce(self._totals, reduce_op="sum").tolist()
+        self.log(f"{stage}/loss", loss_sum / max(n, 1.0), prog_bar=stage == "val")
+        outputs = gather_objects(self._outputs)  # every rank's sentences: the same scores on every rank
+        if outputs:
+            scores = corpus_scores([h for _, _, h in outputs], [r for _, r, _ in outputs])
+            self.log(f"{stage}/bleu", scores["bleu"], prog_bar=stage == "val")
+            self.log(f"{stage}/chrf", scores["chrf"])
+            self.log(f"{stage}/exact_match", scores["exact_match"], prog_bar=stage == "val")
+        return outputs
+
+    @rank_zero_only
+    def _log_examples(self, outputs: list[Triple]) -> None:
+        text = "\n\n".join(
+            f"**{i}.** source: `{s}`  \nreference: `{r}`  \nhypothesis: `{h}`" for i, (s, r, h) in enumerate(outputs, 1)
+        )
+        for logger in self.loggers:
+            if hasattr(logger.experiment, "add_text"):
+                logger.experiment.add_text("translations/val_examples", text, self.global_step)
+
+    # ---------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["seq2seq_config"] = asdict(self.cfg)  # lets `generate` rebuild the model alone
+        checkpoint["tokenizer_json"] = self.tokenizer.to_str() if self.tokenizer is not None else None
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("tokenizer_json")
+        if self.tokenizer is not None and saved is not None and saved != self.tokenizer.to_str():
+            raise UserError(
+                "this checkpoint was trained with another tokenizer than the datamodule's: point "
+                "data.tokenizer_path at the checkpoint's run dir tokenizer.json"
+            )
+        if saved is not None and self.tokenizer is None:
+            self.tokenizer = tokenizer_from_json(saved, SEQ2SEQ_SPECIAL_TOKENS)
+        if self.model is None:  # load_from_checkpoint outside a trainer: build from the saved config
+            self.cfg = Seq2SeqConfig(**checkpoint["seq2seq_config"])
+            self.model = Seq2SeqTransformer(self.cfg)
+
+
+def gather_objects(items: list[Any]) -> list[Any]:
+    """Every rank's items, concatenated in rank order (DDP); the items themselves in a single process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return items
+    gathered: list[list[Any] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
+
+
+def corpus_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+    """sacreBLEU's corpus BLEU and chrF (default settings: 13a tokenization, one reference each) and the
+    share of hypotheses equal to their reference (whitespace collapsed), on detokenized text."""
+    import sacrebleu  # imported here: only evaluation needs it
+
+    return {
+        "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
+        "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
+        "exact_match": sum(h == " ".join(r.split()) for h, r in zip(hypotheses, references)) / max(len(hypotheses), 1),
+    }
