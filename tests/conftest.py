@@ -108,7 +108,7 @@ def run_cli(data_dir, cache_dir, tmp_path):
         full_env = {
             **os.environ,
             "AIGC_DATA_DIR": str(data_dir),
-            "AIGC_CACHE_DIR": str(cache_dir),
+           "AIGC_CACHE_DIR": str(cache_dir),
             "PROJECT_ROOT": str(tmp_path),
             **(env or {}),
         }
@@ -158,3 +158,26 @@ def tsv_corpus(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("pairs")
     return {split: make_pairs(root / f"{split}.tsv", n, seed, malformed=split == "train")
             for split, n, seed in (("train", 300, 1), ("val", 40, 2), ("test", 40, 3))}
+
+
+# ---------------------------------------------------------------- bench scripts
+def run_bench(script: str, *args: str, cwd, cache_dir, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1",  # tiny ops: no stalls beside a busy core
+           "AIGC_CACHE_DIR": str(cache_dir), "PROJECT_ROOT": str(cwd)}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def table_rows(stdout: str, header: str) -> list[list[str]]:
+    lines = stdout.splitlines()
+    start = lines.index(header)
+    assert lines[start + 1].startswith("|---")
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows

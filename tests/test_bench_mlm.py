@@ -5,38 +5,10 @@ They compare against Hugging Face transformers, a bench-only dependency: skipped
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
-from conftest import REPO, run_dirs
+from conftest import run_bench, run_dirs, table_rows
 
 pytest.importorskip("transformers")
-
-ENV = {"OMP_NUM_THREADS": "1"}  # tiny ops: one thread, no stalls when the other core is busy
-
-
-def run_bench(script: str, *args: str, cwd, cache_dir, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, **ENV, "AIGC_CACHE_DIR": str(cache_dir), "PROJECT_ROOT": str(cwd)}
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def table_rows(stdout: str, header: str) -> list[list[str]]:
-    lines = stdout.splitlines()
-    start = lines.index(header)
-    assert lines[start + 1].startswith("|---")
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append([cell.strip() for cell in line.strip("|").split("|")])
-    return rows
-
 
 def test_speed_tiny(tmp_path, cache_dir):
     proc = run_bench("mlm_speed.py", "--tiny", cwd=tmp_path, cache_dir=cache_dir)
@@ -56,7 +28,7 @@ def test_speed_check_tiny(tmp_path, cache_dir):
 def test_quality_tiny_with_our_run(run_cli, tmp_path, text_corpus, cache_dir):
     files = [f"data.{split}_files={text_corpus[split]}" for split in ("train", "val", "test")]
     # Our model: a 2-step run; max_time adds Lightning's Timer, whose clock gives our row's wall minutes.
-    run_cli("experiment=mlm_tiny", "debug=fdr", "trainer.max_time='00:00:10:00'", *files, env=ENV)
+    run_cli("experiment=mlm_tiny", "debug=fdr", "trainer.max_time='00:00:10:00'", *files, env={"OMP_NUM_THREADS": "1"})
     (run,) = run_dirs(tmp_path)
     proc = run_bench("mlm_quality.py", "--tiny", "--minutes", "0.03", "--ours", str(run), *files,
                      cwd=tmp_path, cache_dir=cache_dir)
