@@ -13,7 +13,8 @@ d_model 512, 8 heads, feed-forward 512, dropout 0.1, Xavier-uniform init, a sepa
 (lr 1e-4, betas 0.9/0.98, eps 1e-9), batches of 128 random pairs, cross entropy over non-pad targets, greedy
 decoding up to source length + 5 tokens. Same as ours: the pairs (the preset's datamodule, the same skipped
 lines), the cached joint BPE tokenizer, [BOS]/[EOS]/[PAD], and bf16 autocast when the preset trains in
-``bf16-mixed`` (``--fp32`` for the tutorial's fp32). It trains for ``--minutes`` of wall clock, then decodes.
+``bf16-mixed`` (``--fp32`` for the tutorial's fp32). It trains for ``--minutes`` of wall clock (or ``--steps``),
+then decodes in fp32.
 
 Our run is scored from its best checkpoint with beam search (the preset's beam size and length penalty) and
 greedily, so the table also separates the model from the decoder.
@@ -47,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the preset, e.g. data.test_file=...")
     p.add_argument("--experiment", default=None, help="default seq2seq_en_fr (seq2seq_synthetic with --tiny)")
     p.add_argument("--minutes", type=float, default=None, help="the reference's training budget (default 25)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="train for exactly N steps instead (a budget measured alone, when the machine is shared)")
+    p.add_argument("--save", default=None, help="save the trained reference's state_dict here before decoding")
     p.add_argument("--ours", default=None, help="our run dir (best checkpoint) or .ckpt, scored alike")
     p.add_argument("--skip-reference", action="store_true", help="score --ours only")
     p.add_argument("--fp32", action="store_true", help="train the reference in fp32 even for a bf16-mixed preset")
@@ -148,8 +152,12 @@ def train_reference(args: argparse.Namespace, dm: ParallelDataModule, bf16: bool
     loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, shuffle=True, collate_fn=collate)
     model.train()
     steps, tokens, start = 0, 0, time.perf_counter()
-    deadline = start + 60 * args.minutes
-    while time.perf_counter() < deadline:
+    deadline = start + 60 * args.minutes if args.steps is None else float("inf")
+
+    def done() -> bool:
+        return steps >= args.steps if args.steps is not None else time.perf_counter() >= deadline
+
+    while not done():
         for batch in loader:
             with autocast(bf16):
                 logits = model(batch["src"], batch["tgt_in"])
@@ -162,14 +170,16 @@ def train_reference(args: argparse.Namespace, dm: ParallelDataModule, bf16: bool
             if steps % 200 == 0:
                 print(f"  reference step {steps}: loss {loss.item():.3f}, {time.perf_counter() - start:.0f} s",
                       flush=True)
-            if time.perf_counter() >= deadline:
+            if done():
                 break
     seconds = time.perf_counter() - start
     model.eval()
+    if args.save:
+        torch.save(model.state_dict(), args.save)
 
     def decode(batch: dict) -> list[list[int]]:
-        with autocast(bf16):
-            return tutorial_greedy(model, batch["src"], bos, eos)
+        # fp32, as the tutorial decodes (nn.Transformer's inference fast path has no bf16 autocast on CPU)
+        return tutorial_greedy(model, batch["src"], bos, eos)
 
     return decode, {"steps": steps, "minutes": seconds / 60, "tokens_per_s": tokens / seconds,
                     "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
@@ -230,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             print(name, rows[-1][2], flush=True)
     if not args.skip_reference:
         ref_bf16 = bf16 and not args.fp32
-        print(f"training the reference for {args.minutes:.1f} min ({'bf16' if ref_bf16 else 'fp32'})", flush=True)
+        budget = f"{args.steps} steps" if args.steps is not None else f"{args.minutes:.1f} min"
+        print(f"training the reference for {budget} ({'bf16' if ref_bf16 else 'fp32'})", flush=True)
         decode, info = train_reference(args, dm, ref_bf16, int(cfg.seed))
         rows.append(("reference (nn.Transformer, tutorial recipe), greedy", info, score(decode, dm, args.limit_test)))
         print(rows[-1][0], rows[-1][1], rows[-1][2], flush=True)

@@ -22,8 +22,11 @@ def test_speed_tables(tmp_path):
 def test_reference_and_ours_scored_alike(run_cli, tmp_path):
     run_cli("experiment=seq2seq_synthetic", "debug=fdr", env={"OMP_NUM_THREADS": "1"})
     (run,) = run_dirs(tmp_path)
-    proc = run_bench("seq2seq_reference.py", "--tiny", "--minutes", "0.02", "--limit-test", "64", "--ours", str(run),
+    # bf16-mixed: the reference trains under autocast and must still decode (its fast path has no CPU autocast)
+    proc = run_bench("seq2seq_reference.py", "--tiny", "--steps", "3", "--limit-test", "64", "--ours", str(run),
+                     "--save", str(tmp_path / "reference.pt"), "trainer.precision=bf16-mixed",
                      cwd=tmp_path, cache_dir=tmp_path / "cache")
+    assert (tmp_path / "reference.pt").is_file()
     rows = table_rows(proc.stdout, QUALITY_HEADER)
     assert [row[0] for row in rows] == ["ours, beam 4", "ours, greedy",
                                         "reference (nn.Transformer, tutorial recipe), greedy"]
