@@ -1,4 +1,23 @@
-from aigc_lab.train import main
+"""``python -m aigc_lab`` and the ``aigc-train`` script: the launcher, with resuming (``ckpt_path=last``)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def cli() -> None:
+    """Rewrite a resuming command line into the run's own folder and overrides (resume.py), then start Hydra."""
+    from aigc_lab.errors import UserError
+    from aigc_lab.resume import prepare_argv
+    from aigc_lab.train import main
+
+    try:
+        sys.argv = prepare_argv(sys.argv)
+    except UserError as err:
+        print(f"\nerror: {err}", file=sys.stderr)
+        sys.exit(1)
+    main()
+
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -17,20 +17,30 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     if not path.exists():
         raise UserError(f"checkpoint not found: {path} (give a .ckpt file or a run dir under outputs/)")
-    ckpt_dir = path / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
-    if last.is_file():
+    last = last_checkpoint(path)
+    if last.name == "last.ckpt":
         best = _best_from(last)
         return best if best is not None else last
+    return last
+
+
+def last_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint to resume a run dir from: ``checkpoints/last.ckpt``, else its newest ``.ckpt``."""
+    ckpt_dir = Path(run_dir).expanduser() / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    if last.is_file():
+        return last
     found = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise UserError(f"no checkpoints in {ckpt_dir}: is {path} a finished run dir?")
+        raise UserError(f"no checkpoints in {ckpt_dir}: is {run_dir} a run dir that saved one?")
     return found[-1]
 
 
 def _best_from(last: Path) -> Path | None:
     for state in load_checkpoint(last).get("callbacks", {}).values():
         best = state.get("best_model_path") if isinstance(state, dict) else None
+        if best and Path(best).name == last.name:
+            continue  # the callback that writes last.ckpt: its "best" is the latest
         if best and Path(best).is_file():
             return Path(best)
         if best and (last.parent / Path(best).name).is_file():  # the run dir was moved

@@ -7,6 +7,7 @@ Composes ``conf/train.yaml``, checks and prints the config, instantiates everyth
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import warnings
@@ -42,13 +43,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     from hydra.utils import instantiate
 
     from aigc_lab.utils.config_check import check_targets
-    from aigc_lab.utils.run_info import print_config_tree
+    from aigc_lab.utils.ddp import prepare_ddp_launch  # (issue 5, DDP)
+    from aigc_lab.utils.final_metrics import log_hparams_with_metrics, scalar_metrics
+    from aigc_lab.utils.run_info import print_config_tree, write_provenance
 
     logging.getLogger("lightning").handlers.clear()  # its own console handler would print each line twice
     check_targets(cfg)
     run_dir = Path(cfg.paths.output_dir)
     if cfg.get("print_config", True):
         print_config_tree(cfg, save_to=run_dir / "config_tree.log")
+    write_provenance(run_dir, cfg)  # (issue 5) command line, git commit/diff, versions, device: provenance.json
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -58,6 +62,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     system = instantiate(cfg.model)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    prepare_ddp_launch(cfg.trainer, system)  # (issue 5) DDP ranks start as single runs in this job's folder
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams_record(cfg, system))
@@ -74,6 +79,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             log.warning("No best checkpoint was saved: testing the current weights")
         trainer.test(system, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
         test_metrics = dict(trainer.callback_metrics)
+    # (issue 5, sweeps) TensorBoard's HPARAMS entry of this run, with its final metrics
+    log_hparams_with_metrics(trainer.loggers, hparams_record(cfg, system),
+                             scalar_metrics({**fit_metrics, **test_metrics}), trainer.global_step)
     return fit_metrics, test_metrics
 
 
@@ -114,6 +122,7 @@ def _user_message(err: BaseException) -> str | None:
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from aigc_lab.utils.final_metrics import scalar_metrics, write_metrics
     from aigc_lab.utils.run_info import mark_run
 
     run_dir = Path(cfg.paths.output_dir)
@@ -124,13 +133,30 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as err:
         message = _user_message(err)
         mark_run(run_dir, "failed", message or f"{type(err).__name__}: {err}")
+        # (issue 5, sweeps) in a multirun one failed job must not end the others: log it, return NaN
+        if _in_multirun():
+            log.error("Job failed (run dir marked failed: %s): %s", run_dir, message or f"{type(err).__name__}: {err}",
+                      exc_info=message is None)
+            return float("nan")
         if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"\nerror: {message}\n(run dir marked failed: {run_dir}; HYDRA_FULL_ERROR=1 shows the traceback)",
               file=sys.stderr)
         sys.exit(1)
+    # (issue 5, sweeps) final metrics for the sweep summary; a diverged run (NaN/inf) is not a result
+    write_metrics(run_dir, scalar_metrics({**fit_metrics, **test_metrics}))
+    if value is not None and not math.isfinite(value):
+        mark_run(run_dir, "failed", f"diverged: {cfg.optimized_metric} = {value}")
+        return value
     mark_run(run_dir, "done")
     return value
+
+
+def _in_multirun() -> bool:  # (issue 5, sweeps)
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 if __name__ == "__main__":

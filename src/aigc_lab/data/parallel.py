@@ -23,7 +23,7 @@ import logging
 import os
 import random
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -153,14 +153,18 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
+        epoch_source: Callable[[], int] | None = None,
     ) -> None:
+        """``epoch_source``: where an iteration reads its epoch (the trainer's ``current_epoch``); without
+        one, each iteration advances an epoch counter of its own."""
         super().__init__()
         if max_tokens <= 0 or sort_chunk <= 0:
             raise ValueError(f"max_tokens and sort_chunk must be positive, got {max_tokens} and {sort_chunk}")
         self.src_lengths, self.tgt_lengths = list(src_lengths), list(tgt_lengths)
         self.max_tokens, self.train, self.sort_chunk, self.seed = max_tokens, train, sort_chunk, seed
         self.num_replicas, self.rank = num_replicas, rank
-        self.epoch = 0  # advanced by each __iter__ (Lightning sets epochs on samplers, not on batch samplers)
+        self.epoch_source = epoch_source
+        self.epoch = 0  # the next iteration's epoch when there is no epoch_source
         self._cached: tuple[int, list[list[int]]] | None = None
 
     def batches(self, epoch: int = 0) -> list[list[int]]:
@@ -214,10 +218,15 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         return 1.0 - real / padded if padded else 0.0
 
     def __iter__(self) -> Iterator[list[int]]:
+        # A generator, so that the epoch is read at the first batch: a resumed run makes its iterator before
+        # the trainer has moved to the epoch it resumes in. (Lightning's own set_epoch reaches samplers only,
+        # and after resuming at an epoch end it passes the epoch after the one being trained.)
+        if self.epoch_source is not None:
+            self.epoch = self.epoch_source()
         batches = self.batches(self.epoch)
         if self.train:
             self.epoch += 1
-        return iter(batches)
+        yield from batches
 
     def __len__(self) -> int:
         return len(self.batches(self.epoch))
@@ -402,6 +411,7 @@ class ParallelDataModule(L.LightningDataModule):
             seed=torch.initial_seed() % 2**31,  # the run seed (seed_everything)
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
+            epoch_source=(lambda: trainer.current_epoch) if train and trainer is not None else None,
         )
 
     def _loader(self, split: str) -> DataLoader:

@@ -22,6 +22,7 @@ from functools import partial
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_only
 from torch.optim.swa_utils import AveragedModel
 from torchvision.utils import make_grid
 
@@ -32,6 +33,11 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class GANSystem(L.LightningModule):
+    # Each of a batch's backward passes reaches one network only (the D step: D, the fakes detached; the G
+    # step: G, with D frozen), so under DDP the unused half must be found: the launcher turns
+    # `trainer.strategy=ddp` into Lightning's `ddp_find_unused_parameters_true` for this system.
+    ddp_find_unused_parameters = True
+
     def __init__(
         self,
         net: GANConfig,
@@ -74,6 +80,8 @@ class GANSystem(L.LightningModule):
             if ema_decay
             else None
         )
+        if self.generator_ema is not None:
+            self.generator_ema.requires_grad_(False)  # averaged, never trained (and not DDP's to synchronize)
         # Label prior of the conditional generator: uniform until the training labels are seen.
         n_cls = max(net.num_classes, 1)
         self.register_buffer("label_prior", torch.full((n_cls,), 1.0 / n_cls))
@@ -127,6 +135,12 @@ class GANSystem(L.LightningModule):
             self.fid = make_fid(extractor).to(self.device)
         if self.hparams.channels_last:
             self.to(memory_format=torch.channels_last)
+
+    def on_train_start(self) -> None:
+        if self.global_rank > 0:
+            # seed_everything seeds every DDP rank alike: without an offset every rank would draw the same
+            # noise and labels, so N devices would see one fake batch N times.
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
 
     def training_step(self, batch: Batch, batch_idx: int) -> None:
         real, labels = batch
@@ -216,9 +230,10 @@ class GANSystem(L.LightningModule):
             hist = self.trainer.strategy.reduce(self._class_hist.float(), reduce_op="sum")
             confident = self.trainer.strategy.reduce(self._confident.float(), reduce_op="sum")
             share = hist / hist.sum()
-            self.log("test/confident_share", confident / hist.sum())
-            self.log("test/class_share_min", share.min())
-            self.log("test/class_share_max", share.max())
+            # Sums over all ranks already: sync_dist averages equal numbers (a no-op that marks them global).
+            self.log("test/confident_share", confident / hist.sum(), sync_dist=True)
+            self.log("test/class_share_min", share.min(), sync_dist=True)
+            self.log("test/class_share_max", share.max(), sync_dist=True)
             self.class_histogram = share.cpu()
             self._log_text("test/class_histogram", " ".join(f"{c}:{s:.3f}" for c, s in enumerate(share.tolist())))
 
@@ -239,9 +254,11 @@ class GANSystem(L.LightningModule):
     def _log_fid(self, stage: str) -> None:
         if self.fid is None:
             return
-        self.log(f"{stage}/fid", self.fid.compute(), prog_bar=True)
+        # torchmetrics gathers every rank's features before computing: the value is global already.
+        self.log(f"{stage}/fid", self.fid.compute(), prog_bar=True, sync_dist=True)
         self.fid.reset()
 
+    @rank_zero_only
     def _log_image_grid(self) -> None:
         if self.trainer.sanity_checking:
             return
@@ -252,6 +269,7 @@ class GANSystem(L.LightningModule):
             if hasattr(logger.experiment, "add_image"):
                 logger.experiment.add_image("samples/fixed_noise", grid, self.global_step)
 
+    @rank_zero_only
     def _log_text(self, tag: str, text: str) -> None:
         for logger in self.loggers:
             if hasattr(logger.experiment, "add_text"):

@@ -158,9 +158,10 @@ class MLMSystem(L.LightningModule):
     def _log_totals(self, stage: str) -> None:
         loss_sum, n, correct = self.trainer.strategy.reduce(self._totals, reduce_op="sum").tolist()
         loss = loss_sum / max(n, 1.0)
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "val")
-        self.log(f"{stage}/perplexity", math.exp(min(loss, 50.0)), prog_bar=stage == "val")
-        self.log(f"{stage}/masked_acc", correct / max(n, 1.0))
+        # Sums over all ranks already: sync_dist averages equal numbers (a no-op that marks them global).
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True)
+        self.log(f"{stage}/perplexity", math.exp(min(loss, 50.0)), prog_bar=stage == "val", sync_dist=True)
+        self.log(f"{stage}/masked_acc", correct / max(n, 1.0), sync_dist=True)
 
     @rank_zero_only
     def _log_examples(self) -> None:

@@ -192,13 +192,15 @@ class Seq2SeqSystem(L.LightningModule):
 
     def _log_scores(self, stage: str) -> list[Triple]:
         loss_sum, n = self.trainer.strategy.reduce(self._totals, reduce_op="sum").tolist()
-        self.log(f"{stage}/loss", loss_sum / max(n, 1.0), prog_bar=stage == "val")
+        # Global values on every rank (sums, gathered sentences): sync_dist averages equal numbers, a no-op
+        # that marks them global for Lightning.
+        self.log(f"{stage}/loss", loss_sum / max(n, 1.0), prog_bar=stage == "val", sync_dist=True)
         outputs = gather_objects(self._outputs)  # every rank's sentences: the same scores on every rank
         if outputs:
             scores = corpus_scores([h for _, _, h in outputs], [r for _, r, _ in outputs])
-            self.log(f"{stage}/bleu", scores["bleu"], prog_bar=stage == "val")
-            self.log(f"{stage}/chrf", scores["chrf"])
-            self.log(f"{stage}/exact_match", scores["exact_match"], prog_bar=stage == "val")
+            self.log(f"{stage}/bleu", scores["bleu"], prog_bar=stage == "val", sync_dist=True)
+            self.log(f"{stage}/chrf", scores["chrf"], sync_dist=True)
+            self.log(f"{stage}/exact_match", scores["exact_match"], prog_bar=stage == "val", sync_dist=True)
         return outputs
 
     @rank_zero_only

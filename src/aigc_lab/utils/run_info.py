@@ -1,9 +1,18 @@
-"""What a run prints and records: the config tree, the failure marker."""
+"""What a run prints and records: the config tree, the failure marker, the provenance of the run."""
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
 from collections.abc import Sequence
+from datetime import datetime
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import rich
 import rich.syntax
@@ -35,3 +44,111 @@ def mark_run(run_dir: Path, status: str, detail: str = "") -> None:
     """Write ``<run_dir>/STATUS`` (``running``/``done``/``failed: ...``) so a dead run is never a result."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "STATUS").write_text(f"{status}\n{detail}\n" if detail else f"{status}\n")
+
+
+PROVENANCE = "provenance.json"
+PACKAGES = ("torch", "lightning", "hydra-core", "omegaconf", "torchmetrics", "torchvision", "tokenizers", "numpy")
+
+
+@rank_zero_only
+def write_provenance(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
+    """Record what made the run in ``<run_dir>/provenance.json``: one entry per launch (a resumed run adds
+    one) with the command line, git commit, package versions, device and precision. A dirty work tree's
+    ``git diff HEAD`` is saved beside it as ``git_diff.patch`` (``git_diff.<n>.patch`` for launch n > 0).
+    The resolved config itself is Hydra's ``.hydra/config.yaml`` and ``config_tree.log``."""
+    path = run_dir / PROVENANCE
+    launches = json.loads(path.read_text()).get("launches", []) if path.is_file() else []
+    record = launch_record(cfg)
+    git = git_state(Path(__file__).resolve().parent)  # the tree this code runs from, not the cwd
+    diff = git.pop("diff", None)
+    if diff:
+        git["diff_file"] = "git_diff.patch" if not launches else f"git_diff.{len(launches)}.patch"
+        (run_dir / git["diff_file"]).write_text(diff)
+    record["git"] = git
+    launches.append(record)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"launches": launches}, indent=2, default=str) + "\n")
+    return record
+
+
+def launch_record(cfg: DictConfig) -> dict[str, Any]:
+    return {
+        "time": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": shlex.join(getattr(sys, "orig_argv", sys.argv)),  # as typed, before resume.py's rewrite
+        "argv": list(sys.argv),  # as Hydra parsed it
+        "overrides": _hydra_overrides(),
+        "cwd": os.getcwd(),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {name: _version(name) for name in PACKAGES},
+        "device": device_info(cfg),
+    }
+
+
+def git_state(where: Path) -> dict[str, Any]:
+    """commit, branch, dirty flag, untracked files and ``git diff HEAD`` of the repo holding ``where``;
+    ``{"commit": None}`` outside a git work tree or without git."""
+    commit = _git(where, "rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None}
+    status = _git(where, "status", "--porcelain") or ""
+    lines = status.splitlines()
+    return {
+        "commit": commit,
+        "branch": _git(where, "rev-parse", "--abbrev-ref", "HEAD"),
+        "dirty": any(not line.startswith("??") for line in lines),
+        "untracked": [line[3:] for line in lines if line.startswith("??")],
+        "diff": _git(where, "diff", "HEAD", strip=False),
+    }
+
+
+def device_info(cfg: DictConfig) -> dict[str, Any]:
+    """What the trainer was asked for (accelerator, devices, strategy, precision) and what the machine has."""
+    import torch
+
+    trainer = cfg.get("trainer") or {}
+    info: dict[str, Any] = {key: _plain(trainer.get(key)) for key in
+                            ("accelerator", "devices", "num_nodes", "strategy", "precision")}
+    info.update(cpu=_cpu_name(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads())
+    if torch.cuda.is_available():
+        info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _git(where: Path, *args: str, strip: bool = True) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() if strip else out.stdout
+
+
+def _hydra_overrides() -> list[str] | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value

@@ -1,0 +1,122 @@
+"""Test a finished run again: ``python -m aigc_lab.eval run_dir=<run dir> [ckpt=best|last|FILE] [overrides]``.
+
+The run is rebuilt from its saved config, ``<run dir>/.hydra/config.yaml``, so the experiment and the
+run's overrides need not be repeated (and a later change to ``conf/`` does not change the model).
+Hydra composes it with the command's other overrides (``data.test_file=other.tsv trainer.precision=
+bf16-mixed trainer.devices=1``; unknown keys are refused as in training), the datamodule and system are
+instantiated by ``_target_``, the best checkpoint is loaded (``ckpt=last`` or a file otherwise) and
+``trainer.test`` runs. The test metrics are printed and saved, with the checkpoint and overrides used, as
+``<run dir>/eval_<date>_<time>.json`` (or ``out=``). Nothing else in the run dir changes: no logger,
+no checkpointing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from aigc_lab.errors import UserError
+from aigc_lab.train import _user_message, conf_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        return
+    try:
+        options, overrides = split_args(args)
+        evaluate(options, overrides)
+    except Exception as err:
+        message = _eval_message(err)
+        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"\nerror: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def split_args(args: list[str]) -> tuple[DictConfig, list[str]]:
+    """(eval options: conf/eval.yaml with the command's values for its keys, overrides of the run's config)."""
+    options = OmegaConf.load(Path(conf_dir()) / "eval.yaml")
+    keys = set(options.keys())  # (`in` on a DictConfig is False for a missing value such as run_dir's)
+    mine = [a for a in args if a.split("=", 1)[0] in keys]
+    options = OmegaConf.merge(options, OmegaConf.from_dotlist(mine))
+    if OmegaConf.is_missing(options, "run_dir"):
+        raise UserError("give the run to evaluate: python -m aigc_lab.eval run_dir=outputs/<task>/runs/<time>")
+    return options, [a for a in args if a not in mine]
+
+
+def evaluate(options: DictConfig, overrides: list[str]) -> dict[str, float]:
+    """Test the run's checkpoint; returns the test metrics (also written to the JSON file on rank zero)."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from aigc_lab.utils.config_check import check_targets
+
+    run_dir = Path(options.run_dir).expanduser().resolve()
+    cfg = load_run_config(run_dir, overrides)
+    check_targets(cfg)
+    ckpt = pick_checkpoint(run_dir, str(options.ckpt))
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    system = instantiate(cfg.model)
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+    # weights_only=False: our checkpoints hold config objects (partials, dataclasses) in their hparams
+    results = trainer.test(system, datamodule=datamodule, ckpt_path=str(ckpt), weights_only=False)
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    if trainer.is_global_zero:
+        out = Path(options.out) if options.out else run_dir / f"eval_{datetime.now():%Y-%m-%d_%H-%M-%S}.json"
+        write_report(out, run_dir, ckpt, overrides, metrics)
+    return metrics
+
+
+def load_run_config(run_dir: Path, overrides: list[str]) -> DictConfig:
+    """The run's saved config composed with ``overrides`` by Hydra, its paths pointed at the run dir."""
+    from hydra import compose, initialize_config_dir
+
+    saved = run_dir / ".hydra"
+    if not (saved / "config.yaml").is_file():
+        raise UserError(f"no saved config in {saved}: is {run_dir} a run dir (outputs/<task>/runs/<time>)?")
+    with initialize_config_dir(version_base="1.3", config_dir=str(saved), job_name="eval"):
+        cfg = compose(config_name="config", overrides=overrides)
+    # The saved config names these through Hydra's runtime (${hydra:...}), which only a Hydra job has.
+    cfg.paths.output_dir = str(run_dir)
+    cfg.paths.work_dir = os.getcwd()
+    return cfg
+
+
+def pick_checkpoint(run_dir: Path, ckpt: str) -> Path:
+    from aigc_lab.checkpoints import last_checkpoint, resolve_checkpoint
+
+    if ckpt == "best":
+        return resolve_checkpoint(run_dir)
+    if ckpt == "last":
+        return last_checkpoint(run_dir)
+    return resolve_checkpoint(ckpt)
+
+
+def write_report(out: Path, run_dir: Path, ckpt: Path, overrides: list[str], metrics: dict[str, float]) -> None:
+    report: dict[str, Any] = {"run_dir": str(run_dir), "checkpoint": str(ckpt), "overrides": overrides,
+                              "time": datetime.now().astimezone().isoformat(timespec="seconds"), "metrics": metrics}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def _eval_message(err: BaseException) -> str | None:
+    from hydra.errors import HydraException, InstantiationException
+
+    if isinstance(err, HydraException) and not isinstance(err, InstantiationException):
+        return str(err).strip()  # an override the saved config refuses (unknown key, bad syntax)
+    return _user_message(err)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""DDP started from a Hydra job: every rank in the job's own folder, for single runs and multiruns alike.
+
+Lightning's DDP launcher starts ranks 1..N-1 by re-running the command line (``sys.argv``) with
+``hydra.run.dir`` set. Under ``--multirun`` that re-runs the whole sweep in every child (``-m`` is still
+in ``sys.argv``), with the sweep's values instead of this job's; after a first job, the parent keeps the
+first job's ``LOCAL_RANK``/``MASTER_PORT``/... and its process group, so a second job spawns no children
+and hangs. ``prepare_ddp_launch`` (called by ``train`` before the trainer is built) fixes both:
+
+- the child command becomes ``python -m aigc_lab <this job's overrides> hydra.mode=RUN
+  hydra.run.dir=<this job's dir> hydra.output_subdir=null hydra.job.name=train_ddp_process_<rank>``
+  (plus the job's own hydra overrides but those of sweeps and folders): one single run per rank, in the
+  job's folder, writing no ``.hydra/`` of its own (rank zero alone writes STATUS, config, provenance,
+  checkpoints, TensorBoard);
+- before each later job of the same process, the previous job's process group is destroyed and the
+  variables Lightning's launcher set are put back as they were, so the new job launches its own ranks;
+- ``strategy: ddp`` becomes ``ddp_find_unused_parameters_true`` for systems that declare
+  ``ddp_find_unused_parameters = True`` (the GAN: each backward pass reaches one of its two networks).
+
+Processes started by an external launcher (torchrun, SLURM) come with ``LOCAL_RANK`` set: Lightning
+launches nothing then, and nothing here changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+# What lightning's _SubprocessScriptLauncher sets in the parent process when it launches the ranks.
+LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+# Hydra overrides that belong to the sweep or to the folders, not to one rank's single run.
+_SWEEP_KEYS = ("hydra.mode", "hydra.run", "hydra.sweep", "hydra.sweeper", "hydra/sweeper", "hydra.launcher",
+               "hydra/launcher", "hydra.output_subdir", "hydra.job.name", "hydra.job.num", "hydra.job.id")
+
+_env_before_first_job: dict[str, str | None] | None = None
+
+
+def prepare_ddp_launch(trainer_cfg: DictConfig, system: Any) -> None:
+    """Make Lightning launch this Hydra job's ranks into its folder; clean up after a previous job's ranks;
+    pick DDP's unused-parameter search for systems that need it."""
+    from hydra.core.hydra_config import HydraConfig
+    from lightning.pytorch.strategies.launchers import subprocess_script
+
+    global _env_before_first_job
+    if trainer_cfg.get("strategy") == "ddp" and getattr(system, "ddp_find_unused_parameters", False):
+        log.info("%s: strategy ddp_find_unused_parameters_true (see its class)", type(system).__name__)
+        trainer_cfg.strategy = "ddp_find_unused_parameters_true"
+    if not HydraConfig.initialized():
+        return
+    if _env_before_first_job is None:
+        _env_before_first_job = {key: os.environ.get(key) for key in LAUNCH_ENV}
+    elif _env_before_first_job["LOCAL_RANK"] is None:  # we launched ranks before, in an earlier job
+        _end_previous_job(_env_before_first_job)
+    # Looked up by name in that module at launch time, so replacing it there is enough.
+    subprocess_script._hydra_subprocess_cmd = hydra_job_command
+
+
+def hydra_job_command(local_rank: int) -> tuple[list[str], str]:
+    """(command, cwd) that starts rank ``local_rank`` of the current Hydra job as a single run in its folder."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from aigc_lab.resume import quote
+
+    hydra = HydraConfig.get()
+    kept = [o for o in hydra.overrides.hydra if not o.lstrip("~+").startswith(_SWEEP_KEYS)]
+    command = [
+        sys.executable, "-m", "aigc_lab", *hydra.overrides.task, *kept,
+        "hydra.mode=RUN",  # also when a config (hparams_search=...) sets MULTIRUN: one run per rank, no sweep
+        f"hydra.run.dir={quote(hydra.runtime.output_dir)}",
+        "hydra.output_subdir=null",  # rank zero writes .hydra/
+        f"hydra.job.name=train_ddp_process_{local_rank}",
+    ]
+    return command, hydra.runtime.cwd
+
+
+def _end_previous_job(env_before: dict[str, str | None]) -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()  # its other ranks have exited with their job
+    for key, value in env_before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

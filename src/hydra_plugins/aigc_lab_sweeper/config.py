@@ -1,0 +1,26 @@
+"""The sweeper's structured config, registered as ``hydra/sweeper: aigc_optuna``."""
+
+# no `from __future__ import annotations`: Hydra's plugin scanner runs this module before it is in
+# sys.modules, and dataclasses must then see real annotations, not strings
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class AigcOptunaSweeperConf:
+    _target_: str = "hydra_plugins.aigc_lab_sweeper.sweeper.AigcOptunaSweeper"
+    _recursive_: bool = False  # the sweeper builds the sampler itself (its seed depends on the study)
+    direction: str = "minimize"  # minimize | maximize
+    n_trials: int = 20  # trials the study should hold in the end: a resumed study only runs the missing ones
+    n_jobs: int = 1  # trials asked and launched per batch (run in parallel by a parallel launcher, e.g. joblib)
+    # any optuna sampler by _target_; the seed makes a sweep repeatable
+    sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": None})
+    study_name: str = "sweep"
+    storage: Any = None  # null: sqlite:///<sweep dir>/optuna.db, so rerunning into the same sweep dir resumes
+    # search space, key: sweep expression as on the command line (interval, tag(log, ...), choice, range)
+    params: Any = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="aigc_optuna", node=AigcOptunaSweeperConf, provider="aigc_lab")
