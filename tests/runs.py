@@ -12,9 +12,10 @@ ENV = {"OMP_NUM_THREADS": "1"}
 GAN = ("experiment=gan_mnist", "debug=fdr", "data.batch_size=16", "data.eval_batch_size=50", "model.net.g_width=8",
        "model.net.d_width=8", "model.fid_features=none", "callbacks.model_checkpoint.monitor=null",
        "optimized_metric=null")  # no FID: no classifier to train first
+# Small token budgets: several batches per split (at least one per rank under DDP), whatever the preset's lengths.
 SEQ2SEQ = ("experiment=seq2seq_synthetic", "debug=fdr", "data.synthetic_train_size=400", "data.synthetic_val_size=40",
-           "data.synthetic_test_size=40", "model.net.d_model=32", "model.net.n_enc_layers=1",
-           "model.net.n_dec_layers=1", "model.net.n_heads=2", "model.beam_size=1")
+           "data.synthetic_test_size=40", "data.max_tokens=512", "data.eval_max_tokens=256", "model.net.d_model=32",
+           "model.net.n_enc_layers=1", "model.net.n_dec_layers=1", "model.net.n_heads=2", "model.beam_size=1")
 
 
 def mlm(corpus: dict[str, Path]) -> tuple[str, ...]:

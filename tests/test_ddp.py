@@ -10,7 +10,6 @@ from conftest import run_dirs
 from runs import ENV, GAN, SEQ2SEQ, mlm, status
 
 DDP = ("trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp")
-SEQ2SEQ_DDP = (*SEQ2SEQ, "data.eval_max_tokens=512")  # 40 pairs: more than one evaluation batch, one per rank
 
 
 def only_rank_zero_wrote(run) -> None:
@@ -23,7 +22,7 @@ def only_rank_zero_wrote(run) -> None:
 
 @pytest.mark.parametrize("system", ["gan", "mlm", "seq2seq"])
 def test_ddp_run(run_cli, tmp_path, text_corpus, system):
-    overrides = {"gan": GAN, "mlm": mlm(text_corpus), "seq2seq": SEQ2SEQ_DDP}[system]
+    overrides = {"gan": GAN, "mlm": mlm(text_corpus), "seq2seq": SEQ2SEQ}[system]
     proc = run_cli(*overrides, *DDP, env=ENV)
     assert "unused parameters" not in proc.stderr
     (run,) = run_dirs(tmp_path)  # the second rank made no run dir of its own
@@ -34,7 +33,7 @@ def test_ddp_run(run_cli, tmp_path, text_corpus, system):
 
 
 def test_ddp_multirun_keeps_one_sweep_dir(run_cli, tmp_path):
-    run_cli("-m", *SEQ2SEQ_DDP, *DDP, "model.lr=0.001,0.002", env=ENV)
+    run_cli("-m", *SEQ2SEQ, *DDP, "model.lr=0.001,0.002", env=ENV)
     (sweep,) = (tmp_path / "outputs" / "debug" / "multiruns").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name for p in jobs] == ["0", "1"]
