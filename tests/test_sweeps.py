@@ -52,10 +52,13 @@ def hparams_metrics(run: Path) -> set[str]:
 
 
 def test_grid_multirun_writes_a_summary(run_cli, tmp_path):
+    """Two jobs side by side with the joblib launcher (parallel local trials), then one summary."""
     sweep = tmp_path / "grid"
-    run_cli("-m", *FAST, "model.lr=1e-3,2e-3", f"hydra.sweep.dir={sweep}", env=ENV)
+    run_cli("-m", *FAST, "model.lr=1e-3,2e-3", f"hydra.sweep.dir={sweep}", "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2", env=ENV)
     assert job_dirs(sweep) == ["0", "1"]
     for job in ("0", "1"):
+        assert "hydra_joblib_launcher" in (sweep / job / ".hydra" / "hydra.yaml").read_text()
         assert (sweep / job / "STATUS").read_text().startswith("done")
         assert "val/exact_match" in json.loads((sweep / job / "metrics.json").read_text())
     rows = check_summary_files(sweep, 2)
