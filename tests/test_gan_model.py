@@ -102,3 +102,31 @@ def test_invalid_hyperparameters():
         _system(lr=0.0)
     with pytest.raises(ValueError, match="n_critic"):
         _system(n_critic=0)
+
+
+class ClipSpy(GANSystem):
+    """Records each optimizer's gradient norm right after the system clipped it."""
+
+    norms: list[float]
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        super().on_before_optimizer_step(optimizer)
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+
+def test_clipping_sees_unscaled_gradients_under_loss_scaling(data_dir):
+    """16-mixed scales the loss (here by 256); clipping must apply to the true gradients (norm <= max, not ~0)."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    adam = partial(torch.optim.Adam, lr=1e-3, betas=(0.5, 0.999))
+    system = ClipSpy(GANConfig(latent_dim=16, g_width=8, d_width=8), adam, adam, fid_features="none",
+                     clip_grad_norm=0.01)
+    system.norms = []
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)  # small enough for fp16 here
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0,
+                        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    trainer.fit(system, datamodule=MNISTDataModule(str(data_dir), batch_size=16))
+    assert len(system.norms) == 4  # D and G steps of two batches
+    assert all(0.005 < n <= 0.0101 for n in system.norms), system.norms  # clipped to 0.01, in true units

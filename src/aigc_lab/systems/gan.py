@@ -164,7 +164,6 @@ class GANSystem(L.LightningModule):
             loss_d = bce_logits(d_real, 1.0) + bce_logits(d_fake, 0.0)
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(loss_d)
-            self._clip(opt_d)
             # Through the strategy, not opt_d.step(): applies precision plugins but leaves global_step alone.
             self.trainer.strategy.optimizer_step(opt_d.optimizer, closure=_no_closure, model=self)
 
@@ -172,7 +171,6 @@ class GANSystem(L.LightningModule):
         loss_g = bce_logits(self.discriminator(fake, fake_labels), 1.0)  # -E[log D(G(z))]
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)
-        self._clip(opt_g)
         opt_g.step()
         self.untoggle_optimizer(opt_g)
         for scheduler in self.lr_schedulers():
@@ -186,7 +184,9 @@ class GANSystem(L.LightningModule):
             "train/d_fake": torch.sigmoid(d_fake.detach().float()).mean(),  # D(G(z)) before the G step
         })
 
-    def _clip(self, optimizer) -> None:
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Clip here, not after manual_backward: under 16-mixed the precision plugin unscales the gradients
+        # between the two, so clipping earlier would clip the loss-scaled gradients (by a factor of ~65536).
         if self.hparams.clip_grad_norm:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.clip_grad_norm,
                                 gradient_clip_algorithm="norm")
