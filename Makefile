@@ -21,8 +21,10 @@ install: $(VENV)/.installed
 train: $(VENV)/.installed  ## the main job: class-conditional DCGAN on MNIST (~10 min on 2 CPU cores)
 	$(PY) -m aigc_lab experiment=gan_mnist $(ARGS)
 
+# Two test processes (pytest-xdist): most tests wait on a one-thread subprocess, so two keep both cores busy.
+TEST_JOBS ?= 2
 test: $(VENV)/.installed  ## the test suite (CPU, tiny fixtures)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_JOBS) $(ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench
