@@ -147,9 +147,20 @@ def flops_counter(pl_module: L.LightningModule) -> Callable[[Any], int | None]:
     if isinstance(pl_module, Seq2SeqSystem):
         return lambda batch: seq2seq_train_flops(pl_module, batch)
     if isinstance(pl_module, GANSystem):
-        cache: dict[str, int] = {}
-        return lambda batch: cache.setdefault("flops", gan_train_flops(pl_module, batch))
+        return _measured_once(lambda batch: gan_train_flops(pl_module, batch))
     return _no_flops
+
+
+def _measured_once(measure: Callable[[Any], int]) -> Callable[[Any], int]:
+    """``measure`` on the first batch only (GAN batches all have one size: drop_last)."""
+    cache: list[int] = []
+
+    def flops(batch: Any) -> int:
+        if not cache:
+            cache.append(measure(batch))
+        return cache[0]
+
+    return flops
 
 
 def _no_flops(batch: Any) -> None:
