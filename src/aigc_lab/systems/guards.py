@@ -60,10 +60,11 @@ class NonFiniteLossGuard:
         value = loss.detach().float().item()  # this rank's: finite when only another rank's loss is not
         where = f"step {trainer.global_step} (epoch {trainer.current_epoch})"
         if self.hparams.get("nonfinite_loss", "stop") == "stop":
+            fp16 = "32-true or bf16-mixed instead of 16-mixed precision, " if trainer.precision == "16-mixed" else ""
             raise NonFiniteLossError(
                 f"{name} is {value} at {where}: training stopped; {_last_good_checkpoint(trainer)}. Fixes: a lower "
-                f"learning rate (model.lr), gradient clipping ({self.clip_option}), 32-true instead of 16-mixed "
-                f"precision, or model.nonfinite_loss=skip to skip such steps")
+                f"learning rate (model.lr), gradient clipping ({self.clip_option}), {fp16}or model.nonfinite_loss=skip "
+                f"to skip such steps")
         self.nonfinite_steps += 1
         self.log("train/nonfinite_steps", float(self.nonfinite_steps))
         if trainer.is_global_zero and (self.nonfinite_steps <= 5 or math.log10(self.nonfinite_steps).is_integer()):
