@@ -70,12 +70,12 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def _os_error(err: BaseException) -> OSError | None:
-    """The OSError behind ``err``: torch.save may report a failed write as a RuntimeError of its zip writer."""
-    seen = 0
-    while err is not None and seen < 5:
-        if isinstance(err, OSError):
-            return err
-        err, seen = err.__cause__ or err.__context__, seen + 1
+    """The OSError behind a failed write: ``err`` itself, or the one torch.save's zip writer turned into a
+    RuntimeError. Anything else (a bug, Ctrl+C) is not a file-system problem and is re-raised as is."""
+    if isinstance(err, OSError):
+        return err
+    if isinstance(err, RuntimeError) and isinstance(err.__context__, OSError):
+        return err.__context__
     return None
 
 
