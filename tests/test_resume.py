@@ -8,6 +8,7 @@ the resumed command changes on purpose.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,9 @@ def test_gan_interrupted_and_resumed_equals_uninterrupted(run_cli, tmp_path):
     base = (*GAN, "trainer.precision=32-true", "model.channels_last=false", "trainer.max_epochs=-1",
             f"trainer.limit_train_batches={EPOCH}", f"trainer.max_steps={2 * N}",
             "+callbacks.stop._target_=stop_at.StopAt")
-    env = {**ENV, "PYTHONPATH": str(Path(__file__).parent)}  # where stop_at.py is
+    # where stop_at.py is, before what PYTHONPATH holds (e.g. the source tree under test)
+    tests = str(Path(__file__).parent)
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
     run_cli(*base, env=env)
     run_cli(*base, env={**env, "STOP_AT_STEP": str(N)})
     straight, first = run_dirs(tmp_path)

@@ -31,7 +31,7 @@ class Job:
 
     name: str
     overrides: list[str]
-    status: str  # done | failed | running (died without a word) | unknown (no STATUS)
+    status: str  # done | failed | interrupted (SIGTERM, Ctrl+C) | running (died without a word) | unknown (no STATUS)
     detail: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
 

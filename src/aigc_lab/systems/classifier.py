@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -12,9 +13,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from aigc_lab.metrics.fid import save_classifier
 from aigc_lab.models.classifier import ClassifierConfig, DigitClassifier
+from aigc_lab.systems.guards import NonFiniteLossGuard, check_policy
 
 
-class ClassifierSystem(L.LightningModule):
+class ClassifierSystem(NonFiniteLossGuard, L.LightningModule):
     """Cross-entropy training with a one-cycle schedule; exports the tested weights to ``export_path``."""
 
     def __init__(
@@ -23,8 +25,10 @@ class ClassifierSystem(L.LightningModule):
         optimizer: partial,
         export_path: str | None = None,
         max_shift: int = 2,
+        nonfinite_loss: Literal["stop", "skip"] = "stop",
     ) -> None:
         super().__init__()
+        check_policy(nonfinite_loss)
         self.save_hyperparameters(logger=False)
         self.net = DigitClassifier(net)
         self.val_acc = MulticlassAccuracy(net.num_classes, average="micro")
@@ -33,9 +37,11 @@ class ClassifierSystem(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         images, labels = batch
         loss = F.cross_entropy(self.net(random_shift(images, self.hparams.max_shift)), labels)
+        if not self.loss_is_finite(loss, "train/loss"):
+            return None  # model.nonfinite_loss=skip: Lightning takes no optimizer step for this batch
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

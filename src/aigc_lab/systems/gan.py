@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from functools import partial
+from typing import Literal
 
 import lightning as L
 import torch
@@ -28,15 +29,17 @@ from torchvision.utils import make_grid
 
 from aigc_lab.metrics.fid import ClassifierFeatures, build_feature_extractor, make_fid
 from aigc_lab.models.gan import Discriminator, GANConfig, Generator, init_dcgan_weights
+from aigc_lab.systems.guards import NonFiniteLossGuard, check_policy
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-class GANSystem(L.LightningModule):
+class GANSystem(NonFiniteLossGuard, L.LightningModule):
     # Each of a batch's backward passes reaches one network only (the D step: D, the fakes detached; the G
     # step: G, with D frozen), so under DDP the unused half must be found: the launcher turns
     # `trainer.strategy=ddp` into Lightning's `ddp_find_unused_parameters_true` for this system.
     ddp_find_unused_parameters = True
+    clip_option = "model.clip_grad_norm=1.0"  # manual optimization: Lightning's gradient_clip_val does not apply
 
     def __init__(
         self,
@@ -54,11 +57,13 @@ class GANSystem(L.LightningModule):
         data_dir: str = "data",
         grid_columns: int = 8,
         confident_threshold: float = 0.9,
+        nonfinite_loss: Literal["stop", "skip"] = "stop",
     ) -> None:
         """``lr`` is the base learning rate: the optimizer configs read it by interpolation
         (``lr: ${..lr}``), so ``model.lr=...`` sweeps both; it is kept here for the hparams record.
         ``lr_decay_start``: fraction of training after which both learning rates fall linearly to 0
-        (1.0 keeps them constant)."""
+        (1.0 keeps them constant). ``nonfinite_loss``: a NaN/inf loss stops the run or skips that network's
+        step (``systems/guards.py``)."""
         super().__init__()
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
@@ -68,6 +73,7 @@ class GANSystem(L.LightningModule):
             raise ValueError(f"lr_decay_start must be in [0, 1], got {lr_decay_start}")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or null, got {ema_decay}")
+        check_policy(nonfinite_loss)
         self.save_hyperparameters(logger=False)
         self.automatic_optimization = False
         self.cfg = net
@@ -162,27 +168,34 @@ class GANSystem(L.LightningModule):
             )
             d_real, d_fake = d_out[:n], d_out[n:]
             loss_d = bce_logits(d_real, 1.0) + bce_logits(d_fake, 0.0)
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(loss_d)
-            # Through the strategy, not opt_d.step(): applies precision plugins but leaves global_step alone.
-            self.trainer.strategy.optimizer_step(opt_d.optimizer, closure=_no_closure, model=self)
+            d_ok = self.loss_is_finite(loss_d, "train/loss_d")
+            if d_ok:  # a non-finite loss under model.nonfinite_loss=skip: no D step
+                opt_d.zero_grad(set_to_none=True)
+                self.manual_backward(loss_d)
+                # Through the strategy, not opt_d.step(): applies precision plugins but leaves global_step alone.
+                self.trainer.strategy.optimizer_step(opt_d.optimizer, closure=_no_closure, model=self)
 
         self.toggle_optimizer(opt_g)  # D's parameters need no gradient in the G step
         loss_g = bce_logits(self.discriminator(fake, fake_labels), 1.0)  # -E[log D(G(z))]
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss_g)
-        opt_g.step()
+        g_ok = self.loss_is_finite(loss_g, "train/loss_g")
+        if g_ok:  # else no G step: global_step (generator updates), the schedules and the EMA stay where they are
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(loss_g)
+            opt_g.step()
         self.untoggle_optimizer(opt_g)
-        for scheduler in self.lr_schedulers():
-            scheduler.step()
-        if self.generator_ema is not None:
-            self.generator_ema.update_parameters(self.generator)
+        if g_ok:
+            for scheduler in self.lr_schedulers():
+                scheduler.step()
+            if self.generator_ema is not None:
+                self.generator_ema.update_parameters(self.generator)
 
-        self.log_dict({"train/loss_d": loss_d, "train/loss_g": loss_g}, prog_bar=True)
-        self.log_dict({
-            "train/d_real": torch.sigmoid(d_real.detach().float()).mean(),  # D(x)
-            "train/d_fake": torch.sigmoid(d_fake.detach().float()).mean(),  # D(G(z)) before the G step
-        })
+        losses = {"train/loss_d": loss_d} if d_ok else {}  # (the last critic step's)
+        self.log_dict({**losses, **({"train/loss_g": loss_g} if g_ok else {})}, prog_bar=True)
+        if d_ok:
+            self.log_dict({
+                "train/d_real": torch.sigmoid(d_real.detach().float()).mean(),  # D(x)
+                "train/d_fake": torch.sigmoid(d_fake.detach().float()).mean(),  # D(G(z)) before the G step
+            })
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Clip here, not after manual_backward: under 16-mixed the precision plugin unscales the gradients
@@ -276,6 +289,7 @@ class GANSystem(L.LightningModule):
                 logger.experiment.add_text(tag, text, self.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)  # the non-finite step count
         checkpoint["gan_config"] = asdict(self.cfg)  # lets `generate` rebuild the generator alone
 
 

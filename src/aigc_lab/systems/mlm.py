@@ -29,11 +29,12 @@ from aigc_lab.data.masking import IGNORE_INDEX
 from aigc_lab.data.tokenizer import MASK, SPECIAL_TOKENS, tokenizer_from_json
 from aigc_lab.errors import UserError
 from aigc_lab.models.mlm import MaskedLM, MLMConfig
+from aigc_lab.systems.guards import NonFiniteLossGuard, check_policy
 
 Batch = dict[str, torch.Tensor]  # input_ids [B, T], labels [B, T], attention_mask [B, T] (when padded)
 
 
-class MLMSystem(L.LightningModule):
+class MLMSystem(NonFiniteLossGuard, L.LightningModule):
     def __init__(
         self,
         net: partial | MLMConfig,
@@ -44,13 +45,15 @@ class MLMSystem(L.LightningModule):
         min_lr_ratio: float = 0.0,
         num_examples: int = 3,
         example_top_k: int = 3,
+        nonfinite_loss: Literal["stop", "skip"] = "stop",
     ) -> None:
         """``net``: a partial ``MLMConfig`` completed with the tokenizer's vocabulary size (or a full
         config, then its vocab_size must match the tokenizer). ``lr`` is the peak learning rate, read
         by the optimizer config through interpolation. The schedule warms up linearly over
         ``warmup_ratio`` of the training steps, then decays (cosine or linear) to ``min_lr_ratio * lr``.
         ``num_examples`` validation sequences are shown with their ``example_top_k`` predictions per
-        [MASK] in TensorBoard's TEXT tab."""
+        [MASK] in TensorBoard's TEXT tab. ``nonfinite_loss``: a NaN/inf loss stops the run or skips the step
+        (``systems/guards.py``)."""
         super().__init__()
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
@@ -60,6 +63,7 @@ class MLMSystem(L.LightningModule):
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
         if schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"schedule must be cosine, linear or constant, got {schedule!r}")
+        check_policy(nonfinite_loss)
         if not isinstance(net, MLMConfig):
             net(vocab_size=len(SPECIAL_TOKENS) + 1)  # checks the other fields now, before any data work
         self.save_hyperparameters(logger=False)
@@ -111,8 +115,10 @@ class MLMSystem(L.LightningModule):
         correct = (logits.argmax(dim=-1) == targets).sum()
         return loss_sum / targets.numel() if targets.numel() else loss_sum, loss_sum, correct
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         loss, _, _ = self.masked_loss(batch)
+        if not self.loss_is_finite(loss, "train/loss"):
+            return None  # model.nonfinite_loss=skip: Lightning takes no optimizer step for this batch
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -172,10 +178,12 @@ class MLMSystem(L.LightningModule):
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)  # the non-finite step count
         checkpoint["mlm_config"] = asdict(self.cfg)  # lets `generate` rebuild the model alone
         checkpoint["tokenizer_json"] = self.tokenizer.to_str() if self.tokenizer is not None else None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get("tokenizer_json")
         if self.tokenizer is not None and saved is not None and saved != self.tokenizer.to_str():
             raise UserError(

@@ -38,12 +38,13 @@ from aigc_lab.data.tokenizer import BOS, EOS, PAD, SEQ2SEQ_SPECIAL_TOKENS, token
 from aigc_lab.errors import UserError
 from aigc_lab.models.decoding import search
 from aigc_lab.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
+from aigc_lab.systems.guards import NonFiniteLossGuard, check_policy
 from aigc_lab.systems.mlm import lr_factor, weight_decay_groups
 
 Triple = tuple[str, str, str]  # (source, reference, hypothesis)
 
 
-class Seq2SeqSystem(L.LightningModule):
+class Seq2SeqSystem(NonFiniteLossGuard, L.LightningModule):
     def __init__(
         self,
         net: partial | Seq2SeqConfig,
@@ -58,12 +59,14 @@ class Seq2SeqSystem(L.LightningModule):
         max_decode_len: int = 128,
         val_decode_batches: int | None = 4,
         num_examples: int = 4,
+        nonfinite_loss: Literal["stop", "skip"] = "stop",
     ) -> None:
         """``net``: a partial ``Seq2SeqConfig`` completed with the tokenizer's vocabulary size (or a full
         config, then its vocab_size must match the tokenizer). ``lr`` is the peak learning rate, read by the
         optimizer config through interpolation; the warm-up lasts ``warmup_ratio`` of the training steps.
         Decoding: ``beam_size`` (1 = greedy), GNMT ``length_penalty`` alpha, at most ``max_decode_len``
-        tokens and at most 2 x the batch's source length + 10."""
+        tokens and at most 2 x the batch's source length + 10. ``nonfinite_loss``: a NaN/inf loss stops the run
+        or skips the step (``systems/guards.py``)."""
         super().__init__()
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
@@ -81,6 +84,7 @@ class Seq2SeqSystem(L.LightningModule):
             raise ValueError(f"max_decode_len must be >= 1, got {max_decode_len}")
         if val_decode_batches is not None and val_decode_batches < 1:
             raise ValueError(f"val_decode_batches must be >= 1 or null (all), got {val_decode_batches}")
+        check_policy(nonfinite_loss)
         if not isinstance(net, Seq2SeqConfig):
             net(vocab_size=len(SEQ2SEQ_SPECIAL_TOKENS) + 1)  # checks the other fields now, before any data work
         self.save_hyperparameters(logger=False)
@@ -131,11 +135,13 @@ class Seq2SeqSystem(L.LightningModule):
         logits = self.model(batch["src"], batch["src_mask"], batch["tgt_in"])  # [B, T, V]
         return logits.float().view(-1, logits.shape[-1])
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         loss = F.cross_entropy(
             self.teacher_forced_logits(batch), batch["tgt_out"].view(-1),
             ignore_index=self.pad_id, label_smoothing=self.hparams.label_smoothing,
         )
+        if not self.loss_is_finite(loss, "train/loss"):
+            return None  # model.nonfinite_loss=skip: Lightning takes no optimizer step for this batch
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -214,10 +220,12 @@ class Seq2SeqSystem(L.LightningModule):
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)  # the non-finite step count
         checkpoint["seq2seq_config"] = asdict(self.cfg)  # lets `generate` rebuild the model alone
         checkpoint["tokenizer_json"] = self.tokenizer.to_str() if self.tokenizer is not None else None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get("tokenizer_json")
         if self.tokenizer is not None and saved is not None and saved != self.tokenizer.to_str():
             raise UserError(
