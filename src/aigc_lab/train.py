@@ -130,6 +130,18 @@ def main(cfg: DictConfig) -> float | None:
     try:
         fit_metrics, test_metrics = train(cfg)
         value = optimized_value({**fit_metrics, **test_metrics}, cfg.get("optimized_metric"))
+    except KeyboardInterrupt:  # Ctrl+C outside the fit loop (data preparation, tokenizer training, testing)
+        mark_run(run_dir, "interrupted", "Ctrl+C before or after training: no checkpoint was written")
+        print(f"\ninterrupted (Ctrl+C); run dir marked interrupted: {run_dir}", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit as err:  # Lightning's SIGTERMException; the preemption callback (if on) marked the run
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(err, SIGTERMException) and not err.code:
+            err.code = 143  # (128 + SIGTERM) without the callback Lightning would exit 0, as if the run were done
+        if _status(run_dir) == "running":
+            mark_run(run_dir, "interrupted", f"exit code {err.code}; no checkpoint was written on the signal")
+        raise
     except Exception as err:
         message = _user_message(err)
         mark_run(run_dir, "failed", message or f"{type(err).__name__}: {err}")
@@ -150,6 +162,11 @@ def main(cfg: DictConfig) -> float | None:
         return value
     mark_run(run_dir, "done")
     return value
+
+
+def _status(run_dir: Path) -> str:
+    status = run_dir / "STATUS"
+    return status.read_text().split("\n", 1)[0] if status.is_file() else ""
 
 
 def _in_multirun() -> bool:  # (issue 5, sweeps)

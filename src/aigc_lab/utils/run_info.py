@@ -41,8 +41,13 @@ def print_config_tree(cfg: DictConfig, save_to: Path | None = None, order: Seque
 
 @rank_zero_only
 def mark_run(run_dir: Path, status: str, detail: str = "") -> None:
-    """Write ``<run_dir>/STATUS`` (``running``/``done``/``failed: ...``) so a dead run is never a result."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Write ``<run_dir>/STATUS`` (``running``/``done``/``failed: ...``) so a dead run is never a result.
+    A run dir removed during the run stays removed (nothing to mark; recreating it would leave a folder that
+    holds only a STATUS file)."""
+    if status == "running":
+        run_dir.mkdir(parents=True, exist_ok=True)
+    elif not run_dir.is_dir():
+        return
     (run_dir / "STATUS").write_text(f"{status}\n{detail}\n" if detail else f"{status}\n")
 
 
