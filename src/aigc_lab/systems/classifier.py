@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from aigc_lab.metrics.fid import save_classifier
 from aigc_lab.models.classifier import ClassifierConfig, DigitClassifier
+from aigc_lab.utils.validate import at_least, optimizer_lr
 
 
 class ClassifierSystem(L.LightningModule):
@@ -25,6 +26,8 @@ class ClassifierSystem(L.LightningModule):
         max_shift: int = 2,
     ) -> None:
         super().__init__()
+        optimizer_lr("model.optimizer", optimizer)
+        at_least("model.max_shift", max_shift, 0)
         self.save_hyperparameters(logger=False)
         self.net = DigitClassifier(net)
         self.val_acc = MulticlassAccuracy(net.num_classes, average="micro")

@@ -102,4 +102,22 @@ def _matches(value: Any, annotation: Any) -> bool | None:
 
 
 def _type_name(annotation: Any) -> str:
+    """``int | None`` -> "int or None"; Literal values are listed (``trainer.precision``: "one of 64, 32, ...")."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, typing.Literal):
+        args = _flat_args(annotation)
+        values = [repr(a) for a in args if not isinstance(a, type) and typing.get_origin(a) is None]
+        kinds = [_type_name(a) for a in args if isinstance(a, type) or typing.get_origin(a) is not None]
+        return " or ".join(([f"one of {', '.join(values)}"] if values else []) + kinds)
+    if annotation is type(None):
+        return "None"
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _flat_args(annotation: Any) -> list[Any]:
+    """The members of nested unions and Literals, in order: Literal values and the other types."""
+    out = []
+    for arg in typing.get_args(annotation):
+        nested = typing.get_origin(arg) in (typing.Union, types.UnionType, typing.Literal)
+        out += _flat_args(arg) if nested else [arg]
+    return out
