@@ -64,6 +64,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule = instantiate(cfg.data)
     log.info("Instantiating system <%s>", cfg.model._target_)
     system = instantiate(cfg.model)
+    check_pairing(system, datamodule)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     if ckpt_path and cfg.get("train", True):
@@ -89,6 +90,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     log_hparams_with_metrics(trainer.loggers, hparams_record(cfg, system),
                              scalar_metrics({**fit_metrics, **test_metrics}), trainer.global_step)
     return fit_metrics, test_metrics
+
+
+def check_pairing(system: Any, datamodule: Any) -> None:
+    """A system and a datamodule of different systems (``experiment=gan_mnist data=text``) would fail in the
+    first batch with a traceback; both name their conf/data option (a class without one is not judged)."""
+    wanted, given = getattr(system, "data_option", None), getattr(datamodule, "data_option", None)
+    if wanted and given and wanted != given:
+        raise UserError(f"{type(system).__name__} trains on data={wanted}, but this config gives data={given} "
+                        f"({type(datamodule).__name__}): use data={wanted}, or the experiment of the system you want")
 
 
 def hparams_record(cfg: DictConfig, system: Any) -> dict[str, Any]:

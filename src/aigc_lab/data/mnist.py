@@ -105,6 +105,8 @@ def _has_raw_files(raw: Path) -> bool:
 class MNISTDataModule(L.LightningDataModule):
     """Train/val split of the 60k training images, and the 10k test images as the test set."""
 
+    data_option = "mnist"  # the conf/data option it is; train.check_pairing compares the two
+
     def __init__(
         self,
         data_dir: str,

@@ -237,6 +237,8 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
 class ParallelDataModule(L.LightningDataModule):
     """Train/val/test pairs -> token-budget batches for teacher forcing and translation metrics."""
 
+    data_option = "parallel"  # the conf/data option it is; train.check_pairing compares the two
+
     def __init__(
         self,
         task: Literal["tsv", "synthetic"] = "tsv",

@@ -115,6 +115,8 @@ class Lines(Dataset):
 class TextDataModule(L.LightningDataModule):
     """Train/val/test text files -> masked-LM batches {"input_ids", "labels"[, "attention_mask"]}."""
 
+    data_option = "text"  # the conf/data option it is; train.check_pairing compares the two
+
     def __init__(
         self,
         train_files: str | list[str],

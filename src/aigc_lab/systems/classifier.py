@@ -18,6 +18,8 @@ from aigc_lab.utils.validate import at_least, optimizer_lr
 class ClassifierSystem(L.LightningModule):
     """Cross-entropy training with a one-cycle schedule; exports the tested weights to ``export_path``."""
 
+    data_option = "mnist"  # the conf/data option it trains on; train.check_pairing compares the two
+
     def __init__(
         self,
         net: ClassifierConfig,

@@ -40,6 +40,7 @@ class GANSystem(L.LightningModule):
     ddp_find_unused_parameters = True
 
     checkpoint_key = "gan_config"  # what on_save_checkpoint adds; checkpoints.check_checkpoint_for reads it
+    data_option = "mnist"  # the conf/data option it trains on; train.check_pairing compares the two
 
     def __init__(
         self,

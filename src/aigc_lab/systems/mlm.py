@@ -36,6 +36,7 @@ Batch = dict[str, torch.Tensor]  # input_ids [B, T], labels [B, T], attention_ma
 
 class MLMSystem(L.LightningModule):
     checkpoint_key = "mlm_config"  # what on_save_checkpoint adds; checkpoints.check_checkpoint_for reads it
+    data_option = "text"  # the conf/data option it trains on; train.check_pairing compares the two
 
     def __init__(
         self,

@@ -46,6 +46,7 @@ Triple = tuple[str, str, str]  # (source, reference, hypothesis)
 
 class Seq2SeqSystem(L.LightningModule):
     checkpoint_key = "seq2seq_config"  # what on_save_checkpoint adds; checkpoints.check_checkpoint_for reads it
+    data_option = "parallel"  # the conf/data option it trains on; train.check_pairing compares the two
 
     def __init__(
         self,

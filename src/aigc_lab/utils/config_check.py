@@ -15,6 +15,7 @@ from typing import Any
 
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationKeyError, InterpolationResolutionError
 
 from aigc_lab.errors import ConfigError
 
@@ -23,7 +24,13 @@ _HYDRA_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
 
 def check_targets(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first unknown key or mistyped value under a ``_target_`` node."""
-    _walk(OmegaConf.to_container(cfg, resolve=True), prefix="")
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as err:
+        # A missing key is most often groups that do not fit: model=seq2seq with data=text lacks ${data.max_len}
+        hint = " (do the groups fit together, e.g. model= and data=?)" if isinstance(err, InterpolationKeyError) else ""
+        raise ConfigError(f"{err.full_key}: {err.msg}{hint}") from None
+    _walk(resolved, prefix="")
 
 
 def _walk(node: Any, prefix: str) -> None:
