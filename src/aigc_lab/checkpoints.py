@@ -59,7 +59,8 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
         reason = str(err).strip().split("\n")[0].split(". ")[0]  # torch adds a paragraph of advice
         raise UserError(
             f"cannot read checkpoint {path} ({type(err).__name__}: {reason}): the file may be truncated "
-            f"(an interrupted save) or not a PyTorch checkpoint; use another one, e.g. last.ckpt"
+            f"(an interrupted save) or not a PyTorch checkpoint; use another one (e.g. another of the run's "
+            f"checkpoints/*.ckpt)"
         ) from None
     if not isinstance(blob, dict) or "state_dict" not in blob:
         raise UserError(f"{path} is not a Lightning checkpoint (no state_dict)")

@@ -131,6 +131,8 @@ def _user_message(err: BaseException) -> str | None:
         return str(cause)
     if inner is not None:
         return _instantiation_message(inner, cause)
+    if isinstance(err, InstantiationException):
+        return str(err).strip()
     if isinstance(err, (ValueError, FileNotFoundError, PermissionError)):
         return f"{type(err).__name__}: {err}"
     return None
