@@ -17,7 +17,7 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from aigc_lab.checkpoints import SYSTEM_KEYS, load_checkpoint, resolve_checkpoint, sub_state_dict, system_of
 from aigc_lab.errors import UserError
@@ -83,6 +83,8 @@ def _system_name(ckpt: dict) -> str:
 
 
 def run(cfg: DictConfig) -> Path | None:
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise UserError("give the checkpoint: python -m aigc_lab.generate ckpt_path=<file.ckpt or run dir> ...")
     path = resolve_checkpoint(cfg.ckpt_path)
     ckpt = load_checkpoint(path)
     if "mlm_config" in ckpt:
