@@ -161,7 +161,7 @@ def test_no_usable_line_is_one_clear_error(tsv_corpus, tmp_path):
         ({"task": "nope"}, "task must be tsv or synthetic"),
         ({"task": "synthetic", "synthetic_max_len": 100}, "synthetic_max_len"),
         ({"task": "synthetic", "synthetic_symbols": 99}, "synthetic_symbols must be in"),
-        ({"vocab_size": 4}, "vocab_size must exceed"),
+        ({"vocab_size": 4}, "vocab_size must be > 4"),
     ],
 )
 def test_bad_settings(tsv_corpus, tmp_path, change, message):

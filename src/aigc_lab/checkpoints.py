@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,19 +49,58 @@ def _best_from(last: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """torch.load on CPU; a truncated or foreign file becomes one clear UserError."""
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """torch.load on CPU; a truncated or foreign file becomes one clear UserError. ``mmap``: tensors are
+    mapped, not read (a cheap look at a big checkpoint)."""
     try:
         # Our own checkpoints hold config objects (dataclasses, partials) beside tensors.
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        blob = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as err:
+        reason = str(err).strip().split("\n")[0].split(". ")[0]  # torch adds a paragraph of advice
         raise UserError(
-            f"cannot read checkpoint {path}: {type(err).__name__}: {err}. The file may be truncated "
-            f"(an interrupted save) or not a PyTorch checkpoint; use another one, e.g. last.ckpt."
+            f"cannot read checkpoint {path} ({type(err).__name__}: {reason}): the file may be truncated "
+            f"(an interrupted save) or not a PyTorch checkpoint; use another one (e.g. another of the run's "
+            f"checkpoints/*.ckpt)"
         ) from None
     if not isinstance(blob, dict) or "state_dict" not in blob:
         raise UserError(f"{path} is not a Lightning checkpoint (no state_dict)")
     return blob
+
+
+# The key each system's on_save_checkpoint adds (systems/*.py), and what it names.
+SYSTEM_KEYS = {"gan_config": "a GAN (experiment=gan_mnist)", "mlm_config": "a masked LM (experiment=mlm_*)",
+               "seq2seq_config": "a seq2seq model (experiment=seq2seq_*)"}
+
+
+def system_of(ckpt: dict[str, Any]) -> str | None:
+    """The SYSTEM_KEYS key a checkpoint holds, or None (e.g. the MNIST classifier's)."""
+    return next((key for key in SYSTEM_KEYS if key in ckpt), None)
+
+
+def check_checkpoint_for(path: str | Path, system: Any, key: str = "ckpt_path") -> None:
+    """Before Lightning loads ``path`` into ``system``: it must be a readable checkpoint of the same kind of
+    system and network (else Lightning stops with a page of missing keys or size mismatches)."""
+    if not Path(path).is_file():
+        raise UserError(f"{key}={path}: no such checkpoint file")
+    ckpt = load_checkpoint(path, mmap=True)
+    found, expected = system_of(ckpt), getattr(system, "checkpoint_key", None)
+    if found != expected:
+        what = SYSTEM_KEYS.get(found, "another kind of model")
+        raise UserError(f"{key}={path} is a checkpoint of {what}, not of this run's {type(system).__name__}: "
+                        f"give a checkpoint of the same experiment")
+    if found is not None:
+        changed = net_changes(ckpt[found], system.hparams.get("net"))
+        if changed:
+            raise UserError(f"{key}={path} has another network than model.net here ({'; '.join(changed[:4])}): "
+                            f"use the run's model.net settings (or resume from its run dir, which repeats them)")
+
+
+def net_changes(saved: dict[str, Any], net: Any) -> list[str]:
+    """Fields of a network config (a dataclass, or a partial of one) that differ from a checkpoint's, but
+    dropout: the others change the parameters' shapes or meaning, so the weights would not fit."""
+    current = asdict(net) if is_dataclass(net) else dict(getattr(net, "keywords", {}))
+    return [f"model.net.{k}={v}, checkpoint {saved[k]}" for k, v in current.items()
+            if k != "dropout" and k in saved and saved[k] != v]
 
 
 def sub_state_dict(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -9,8 +9,8 @@ class DataNotFoundError(UserError):
     pass
 
 
-class ConfigError(UserError):
-    pass
+class ConfigError(UserError, ValueError):
+    """A config value out of its allowed range or of the wrong kind (also a ValueError, as before)."""
 
 
 class CorpusError(UserError):

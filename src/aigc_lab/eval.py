@@ -57,17 +57,21 @@ def evaluate(options: DictConfig, overrides: list[str]) -> dict[str, float]:
     import lightning as L
     from hydra.utils import instantiate
 
+    from aigc_lab.checkpoints import check_checkpoint_for
     from aigc_lab.utils.config_check import check_targets
+    from aigc_lab.utils.devices import check_trainer_hardware, instantiate_trainer
 
     run_dir = Path(options.run_dir).expanduser().resolve()
     cfg = load_run_config(run_dir, overrides)
     check_targets(cfg)
+    check_trainer_hardware(cfg.trainer)
     ckpt = pick_checkpoint(run_dir, str(options.ckpt))
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     system = instantiate(cfg.model)
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+    check_checkpoint_for(ckpt, system, key="ckpt")
+    trainer = instantiate_trainer(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
     # weights_only=False: our checkpoints hold config objects (partials, dataclasses) in their hparams
     results = trainer.test(system, datamodule=datamodule, ckpt_path=str(ckpt), weights_only=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from aigc_lab.checkpoints import load_checkpoint, resolve_checkpoint, sub_state_dict
+from aigc_lab.checkpoints import SYSTEM_KEYS, load_checkpoint, resolve_checkpoint, sub_state_dict, system_of
 from aigc_lab.errors import UserError
 from aigc_lab.train import conf_dir
+from aigc_lab.utils.paths import ensure_dir
 
 
 def load_generator(ckpt: dict, use_ema: bool = True) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -69,7 +70,7 @@ def sample_images(
 def write_samples(images: torch.Tensor, out: Path, columns: int, grid_max: int) -> Path:
     from torchvision.utils import save_image
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out.parent, "the samples (out=)")
     torch.save(images, out)
     png = out.with_suffix(".png")
     save_image(images[:grid_max].float() / 255.0, png, nrow=columns, padding=2)
@@ -82,12 +83,18 @@ def _system_name(ckpt: dict) -> str:
 
 
 def run(cfg: DictConfig) -> Path | None:
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise UserError("give the checkpoint: python -m aigc_lab.generate ckpt_path=<file.ckpt or run dir> ...")
     path = resolve_checkpoint(cfg.ckpt_path)
     ckpt = load_checkpoint(path)
     if "mlm_config" in ckpt:
         return run_fill_mask(cfg, ckpt)
     if "seq2seq_config" in ckpt:
         return run_translate(cfg, ckpt)
+    if cfg.get("text") is not None or cfg.get("input") is not None:
+        kind = SYSTEM_KEYS.get(system_of(ckpt) or "", "neither a masked LM nor a seq2seq model")
+        raise UserError(f"{path} is a checkpoint of {kind}: text= and input= need a masked-LM (mlm_*) or seq2seq "
+                        f"(seq2seq_*) checkpoint; a GAN checkpoint samples images (num_samples=, label=)")
     if cfg.num_samples <= 0:
         raise UserError(f"num_samples must be positive, got {cfg.num_samples}")
     generator, prior = load_generator(ckpt, use_ema=cfg.use_ema)
@@ -102,7 +109,8 @@ def run_fill_mask(cfg: DictConfig, ckpt: dict) -> None:
     from aigc_lab.fill_mask import fill_mask, format_predictions, load_mlm
 
     if not cfg.get("text"):
-        raise UserError('a masked-LM checkpoint needs text="... [MASK] ..." (and optionally top_k=5)')
+        raise UserError('this is a masked-LM checkpoint: it needs text="... [MASK] ..." (and optionally top_k=5); '
+                        'images need a GAN checkpoint (gan_mnist), translations a seq2seq one')
     model, tokenizer = load_mlm(ckpt)
     print(format_predictions(cfg.text, fill_mask(model, tokenizer, cfg.text, cfg.top_k)))
 
@@ -112,7 +120,8 @@ def run_translate(cfg: DictConfig, ckpt: dict) -> Path | None:
 
     text, source = cfg.get("text"), cfg.get("input")
     if (text is None) == (source is None):
-        raise UserError('a seq2seq checkpoint needs text="..." or input=FILE (and optionally out=FILE), not both')
+        raise UserError('this is a seq2seq checkpoint: it needs text="..." or input=FILE (and optionally out=FILE), '
+                        'not both; images need a GAN checkpoint (gan_mnist), fill-mask an mlm_* one')
     if source is not None:
         path = Path(source).expanduser()
         if not path.is_file():
@@ -127,7 +136,7 @@ def run_translate(cfg: DictConfig, ckpt: dict) -> Path | None:
         print("\n".join(translations))
         return None
     out = Path(cfg.out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out.parent, "the translations (out=)")
     out.write_text("".join(f"{t}\n" for t in translations), encoding="utf-8")
     print(f"translated {len(lines)} line(s) from {path} to {out}")
     return out

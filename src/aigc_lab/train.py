@@ -42,13 +42,17 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     import lightning as L  # imported here so that `--help` and config errors come back fast
     from hydra.utils import instantiate
 
+    from aigc_lab.checkpoints import check_checkpoint_for
     from aigc_lab.utils.config_check import check_targets
     from aigc_lab.utils.ddp import prepare_ddp_launch  # (issue 5, DDP)
+    from aigc_lab.utils.devices import check_trainer_hardware, instantiate_trainer
     from aigc_lab.utils.final_metrics import log_hparams_with_metrics, scalar_metrics
     from aigc_lab.utils.run_info import print_config_tree, write_provenance
 
     logging.getLogger("lightning").handlers.clear()  # its own console handler would print each line twice
     check_targets(cfg)
+    check_trainer_hardware(cfg.trainer)
+    ckpt_path = cfg.get("ckpt_path")
     run_dir = Path(cfg.paths.output_dir)
     if cfg.get("print_config", True):
         print_config_tree(cfg, save_to=run_dir / "config_tree.log")
@@ -60,16 +64,19 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule = instantiate(cfg.data)
     log.info("Instantiating system <%s>", cfg.model._target_)
     system = instantiate(cfg.model)
+    check_pairing(system, datamodule)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    if ckpt_path and cfg.get("train", True):
+        check_checkpoint_for(ckpt_path, system)  # Lightning's own errors: a page of missing keys or a UnicodeError
     prepare_ddp_launch(cfg.trainer, system)  # (issue 5) DDP ranks start as single runs in this job's folder
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = instantiate_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams_record(cfg, system))
 
     if cfg.get("train", True):
         # weights_only=False: our checkpoints hold config objects (partials, dataclasses) in their hparams
-        trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
+        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     fit_metrics = dict(trainer.callback_metrics)
 
     test_metrics: dict[str, Any] = {}
@@ -83,6 +90,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     log_hparams_with_metrics(trainer.loggers, hparams_record(cfg, system),
                              scalar_metrics({**fit_metrics, **test_metrics}), trainer.global_step)
     return fit_metrics, test_metrics
+
+
+def check_pairing(system: Any, datamodule: Any) -> None:
+    """A system and a datamodule of different systems (``experiment=gan_mnist data=text``) would fail in the
+    first batch with a traceback; both name their conf/data option (a class without one is not judged)."""
+    wanted, given = getattr(system, "data_option", None), getattr(datamodule, "data_option", None)
+    if wanted and given and wanted != given:
+        raise UserError(f"{type(system).__name__} trains on data={wanted}, but this config gives data={given} "
+                        f"({type(datamodule).__name__}): use data={wanted}, or the experiment of the system you want")
 
 
 def hparams_record(cfg: DictConfig, system: Any) -> dict[str, Any]:
@@ -108,16 +124,29 @@ def _user_message(err: BaseException) -> str | None:
     """The one-line message for errors a user can fix, or None for real bugs (full traceback)."""
     from hydra.errors import InstantiationException
 
-    cause = err
+    cause, inner = err, None
     while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
-        cause = cause.__cause__
+        inner, cause = cause, cause.__cause__
     if isinstance(cause, UserError):
         return str(cause)
+    if inner is not None:
+        return _instantiation_message(inner, cause)
     if isinstance(err, InstantiationException):
         return str(err).strip()
     if isinstance(err, (ValueError, FileNotFoundError, PermissionError)):
         return f"{type(err).__name__}: {err}"
     return None
+
+
+def _instantiation_message(err: BaseException, cause: BaseException) -> str:
+    """Hydra's three lines ("Error in call to target 'T':", "ValueError('...')", "full_key: model.net")
+    as one: "model.net: <the error> (ValueError in T)"."""
+    lines = str(err).strip().splitlines()
+    key = lines[-1].removeprefix("full_key: ") if lines[-1].startswith("full_key: ") else None
+    target = lines[0].removeprefix("Error in call to target ").rstrip(":").strip("'")
+    if key is None or not lines[0].startswith("Error in call to target"):
+        return str(err).strip()  # another shape of message: as Hydra wrote it
+    return f"{key}: {cause} ({type(cause).__name__} in {target})"
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")

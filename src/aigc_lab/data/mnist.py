@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lightning as L
@@ -9,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from aigc_lab.errors import DataNotFoundError
+from aigc_lab.utils.validate import at_least, positive
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -62,6 +64,10 @@ def load_mnist(root: str | Path, train: bool, download: bool = True) -> tuple[to
 
     root = Path(root).expanduser()
     raw = root / "MNIST" / "raw"
+    split = "train" if train else "t10k"
+    for name in (f"{split}-images-idx3-ubyte", f"{split}-labels-idx1-ubyte"):
+        if (raw / name).is_file():  # torchvision would fail on a bad one with a bare shape or assert error
+            check_idx_file(raw / name)
     try:
         ds = MNIST(str(root), train=train, download=download and not _has_raw_files(raw))
     except Exception as err:  # torchvision raises RuntimeError / URLError / OSError variants
@@ -73,12 +79,33 @@ def load_mnist(root: str | Path, train: bool, download: bool = True) -> tuple[to
     return ds.data, ds.targets
 
 
+def check_idx_file(path: Path) -> None:
+    """Raise DataNotFoundError unless ``path`` is a whole IDX file of its kind: magic 2051 (images,
+    n x rows x cols) or 2049 (labels, n), and as many bytes as its header announces."""
+    magic, ndim = (2051, 3) if "images" in path.name else (2049, 1)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header = f.read(4 + 4 * ndim)
+    fix = f"Fix: delete {path.parent} and download MNIST again (or copy the original files there)"
+    found = int.from_bytes(header[:4], "big") if len(header) >= 4 else None
+    if found != magic:
+        raise DataNotFoundError(f"{path} is not an MNIST {'images' if ndim == 3 else 'labels'} file: magic number "
+                                f"{found}, expected {magic}. {fix}")
+    dims = [int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    expected = len(header) + math.prod(dims)
+    if len(header) < 4 + 4 * ndim or size != expected:
+        raise DataNotFoundError(f"{path} is truncated or corrupt: {size} bytes, its header announces "
+                                f"{'x'.join(map(str, dims))} values ({expected} bytes). {fix}")
+
+
 def _has_raw_files(raw: Path) -> bool:
     return all((raw / f).exists() or (raw / f"{f}.gz").exists() for f in MNIST_FILES)
 
 
 class MNISTDataModule(L.LightningDataModule):
     """Train/val split of the 60k training images, and the 10k test images as the test set."""
+
+    data_option = "mnist"  # the conf/data option it is; train.check_pairing compares the two
 
     def __init__(
         self,
@@ -91,8 +118,10 @@ class MNISTDataModule(L.LightningDataModule):
         split_seed: int = 12345,
     ) -> None:
         super().__init__()
-        if batch_size <= 0 or eval_batch_size <= 0:
-            raise ValueError(f"batch sizes must be positive, got {batch_size} / {eval_batch_size}")
+        positive("data.batch_size", batch_size)
+        positive("data.eval_batch_size", eval_batch_size)
+        at_least("data.val_size", val_size, 0)
+        at_least("data.num_workers", num_workers, 0)
         self.save_hyperparameters()
         self.root = Path(data_dir).expanduser() / "mnist"
         self.train_set: InMemoryImages | None = None

@@ -42,7 +42,8 @@ from aigc_lab.data.tokenizer import (
     read_text,
     symbol_tokenizer,
 )
-from aigc_lab.errors import CorpusError, DataNotFoundError
+from aigc_lab.errors import ConfigError, CorpusError, DataNotFoundError
+from aigc_lab.utils.validate import at_least, in_interval, positive, require
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,8 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
 class ParallelDataModule(L.LightningDataModule):
     """Train/val/test pairs -> token-budget batches for teacher forcing and translation metrics."""
 
+    data_option = "parallel"  # the conf/data option it is; train.check_pairing compares the two
+
     def __init__(
         self,
         task: Literal["tsv", "synthetic"] = "tsv",
@@ -265,28 +268,28 @@ class ParallelDataModule(L.LightningDataModule):
         ``max_len``: tokens per side, [BOS]/[EOS] included (longer pairs are skipped). ``max_tokens``: padded
         source + target tokens per training batch (``eval_max_tokens`` for validation and test)."""
         super().__init__()
-        if task not in ("tsv", "synthetic"):
-            raise ValueError(f"task must be tsv or synthetic, got {task!r}")
-        if max_len < 2:
-            raise ValueError(f"max_len must be >= 2 (a token and [EOS]), got {max_len}")
+        require(task in ("tsv", "synthetic"), "data.task", task, "tsv or synthetic")
+        require(max_len >= 2, "data.max_len", max_len, ">= 2 (a token and [EOS])")
         if min(max_tokens, eval_max_tokens) < 2 * max_len:
-            raise ValueError(
-                f"max_tokens ({max_tokens}) and eval_max_tokens ({eval_max_tokens}) must be >= 2 * max_len "
-                f"({2 * max_len}), so that the longest pair fits in a batch"
+            raise ConfigError(
+                f"data.max_tokens ({max_tokens}) and data.eval_max_tokens ({eval_max_tokens}) must be >= 2 * max_len "
+                f"({2 * max_len}, data.max_len={max_len}), so that the longest pair fits in a batch"
             )
         n_special = len(SEQ2SEQ_SPECIAL_TOKENS)
-        if vocab_size <= n_special:
-            raise ValueError(f"vocab_size must exceed the {n_special} special tokens, got {vocab_size}")
+        require(vocab_size > n_special, "data.vocab_size", vocab_size, f"> {n_special} (the special tokens)")
+        positive("data.sort_chunk", sort_chunk)
+        at_least("data.min_frequency", min_frequency, 0)
+        at_least("data.num_workers", num_workers, 0)
         if task == "synthetic":
-            if not 2 <= synthetic_symbols <= len(SYMBOLS):
-                raise ValueError(f"synthetic_symbols must be in [2, {len(SYMBOLS)}], got {synthetic_symbols}")
+            in_interval("data.synthetic_symbols", synthetic_symbols, 2, len(SYMBOLS))
             if not 1 <= synthetic_min_len <= synthetic_max_len < max_len:
-                raise ValueError(
-                    f"need 1 <= synthetic_min_len ({synthetic_min_len}) <= synthetic_max_len ({synthetic_max_len}) "
-                    f"< max_len ({max_len})"
+                raise ConfigError(
+                    f"need 1 <= data.synthetic_min_len ({synthetic_min_len}) <= data.synthetic_max_len "
+                    f"({synthetic_max_len}) < data.max_len ({max_len})"
                 )
-            if min(synthetic_train_size, synthetic_val_size, synthetic_test_size) <= 0:
-                raise ValueError("synthetic_train_size, synthetic_val_size and synthetic_test_size must be positive")
+            for split, size in (("train", synthetic_train_size), ("val", synthetic_val_size),
+                                ("test", synthetic_test_size)):
+                positive(f"data.synthetic_{split}_size", size)
         self.save_hyperparameters()
         self.files: dict[str, Path | None] = {}
         if task == "tsv":  # resolved now: a missing file stops the run before anything heavy starts

@@ -37,6 +37,7 @@ from aigc_lab.data.tokenizer import (
     read_text,
 )
 from aigc_lab.errors import CorpusError, DataNotFoundError
+from aigc_lab.utils.validate import at_least, in_interval, positive, require
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,8 @@ class Lines(Dataset):
 class TextDataModule(L.LightningDataModule):
     """Train/val/test text files -> masked-LM batches {"input_ids", "labels"[, "attention_mask"]}."""
 
+    data_option = "text"  # the conf/data option it is; train.check_pairing compares the two
+
     def __init__(
         self,
         train_files: str | list[str],
@@ -135,14 +138,14 @@ class TextDataModule(L.LightningDataModule):
         """``test_files: null`` tests on the validation files. ``eval_mask_seed`` fixes the masks of
         validation and test sequences, so their losses compare across epochs and runs."""
         super().__init__()
-        if not 0.0 < mask_rate < 1.0:
-            raise ValueError(f"mask_rate must be in (0, 1), got {mask_rate}")
-        if block_size < 3:
-            raise ValueError(f"block_size must be >= 3 ([CLS], a token, [SEP]), got {block_size}")
-        if vocab_size <= len(SPECIAL_TOKENS):
-            raise ValueError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
-        if batch_size <= 0 or eval_batch_size <= 0:
-            raise ValueError(f"batch sizes must be positive, got {batch_size} / {eval_batch_size}")
+        in_interval("data.mask_rate", mask_rate, 0, 1, "()")
+        require(block_size >= 3, "data.block_size", block_size, ">= 3 ([CLS], a token, [SEP])")
+        n_special = len(SPECIAL_TOKENS)
+        require(vocab_size > n_special, "data.vocab_size", vocab_size, f"> {n_special} (the special tokens)")
+        positive("data.batch_size", batch_size)
+        positive("data.eval_batch_size", eval_batch_size)
+        at_least("data.min_frequency", min_frequency, 0)
+        at_least("data.num_workers", num_workers, 0)
         self.save_hyperparameters()
         # Resolved now, so that a missing file stops the run before anything heavy starts.
         self.files = {
@@ -178,7 +181,8 @@ class TextDataModule(L.LightningDataModule):
         if split not in self._texts:
             texts = [read_text(path) for path in self.files[split]]
             if not any(text.strip() for text in texts):
-                raise CorpusError(f"empty corpus: no text in {_names(self.files[split])} (data.{split}_files)")
+                raise CorpusError(f"empty corpus: no text in {_names(self.files[split])} (data.{split}_files): "
+                                  f"point data.{split}_files at non-empty UTF-8 text files")
             self._texts[split] = texts
         return self._texts[split]
 
@@ -194,7 +198,8 @@ class TextDataModule(L.LightningDataModule):
         encodings = [e.ids for e in encode(lines, add_special_tokens=False)]
         encodings = [ids for ids in encodings if ids]
         if not encodings:
-            raise CorpusError(f"empty corpus: no tokens in {_names(self.files[split])} (data.{split}_files)")
+            raise CorpusError(f"empty corpus: no tokens in {_names(self.files[split])} (data.{split}_files): "
+                              f"point data.{split}_files at text the tokenizer can read")
         blob = {
             "ids": torch.tensor(list(chain.from_iterable(encodings)), dtype=torch.int32),
             "lengths": torch.tensor([len(ids) for ids in encodings], dtype=torch.int32),

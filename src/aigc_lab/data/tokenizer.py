@@ -10,6 +10,7 @@ Special tokens come first, so their ids are fixed.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import logging
@@ -21,7 +22,7 @@ from typing import Literal
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from aigc_lab.errors import DataNotFoundError, UserError
+from aigc_lab.errors import CorpusError, DataNotFoundError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +47,31 @@ def cache_key(*parts: object) -> str:
 
 
 def read_text(path: Path) -> str:
-    """A UTF-8 text file; undecodable bytes become U+FFFD and are counted in a warning, not fatal."""
-    raw = Path(path).read_bytes()
+    """A UTF-8 text file. A few undecodable bytes (stray bytes in a big corpus) become U+FFFD and are
+    counted in a warning; a file in another encoding is a CorpusError that names the first bad byte: more
+    than one undecodable sequence per 1,000 bytes, a UTF-16 byte-order mark, or NUL bytes near the start."""
+    path = Path(path)
+    raw = path.read_bytes()
     try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
+        text, first, replaced = raw.decode("utf-8"), -1, 0
+    except UnicodeDecodeError as err:
         text = raw.decode("utf-8", errors="replace")
-        replaced = text.count("\ufffd") - raw.count("\ufffd".encode())  # minus genuine U+FFFD characters
-        log.warning("%s is not valid UTF-8: %d undecodable byte sequence(s) replaced by U+FFFD", path, replaced)
-        return text
+        first, replaced = err.start, text.count("\ufffd") - raw.count("\ufffd".encode())  # minus genuine U+FFFD
+    convert = f"-t utf-8 {path} > {path.with_suffix('.utf8' + path.suffix)}"
+    nul = raw.find(b"\x00", 0, 4096)  # ASCII text in UTF-16/32 has them everywhere
+    if nul >= 0 or raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        where = f"a NUL byte at offset {nul}" if nul >= 0 else "a UTF-16 byte-order mark at offset 0"
+        raise CorpusError(f"{path} is not UTF-8 text ({where}: UTF-16, UTF-32 or binary?). "
+                          f"Convert it: iconv -f utf-16 {convert}")
+    if replaced > len(raw) // 1000:
+        line = raw.count(b"\n", 0, first) + 1
+        raise CorpusError(f"{path} is not UTF-8 text: byte 0x{raw[first]:02x} at offset {first} (line {line}) and "
+                          f"{replaced - 1} more cannot be decoded. Convert it: iconv -f <its encoding, e.g. latin1> "
+                          f"{convert}")
+    if replaced:
+        log.warning("%s is not valid UTF-8: %d undecodable byte sequence(s) replaced by U+FFFD (the first at byte %d)",
+                    path, replaced, first)
+    return text
 
 
 def build_wordpiece(lowercase: bool = False) -> Tokenizer:

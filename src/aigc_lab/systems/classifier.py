@@ -14,10 +14,13 @@ from torchmetrics.classification import MulticlassAccuracy
 from aigc_lab.metrics.fid import save_classifier
 from aigc_lab.models.classifier import ClassifierConfig, DigitClassifier
 from aigc_lab.systems.guards import NonFiniteLossGuard, check_policy
+from aigc_lab.utils.validate import at_least, optimizer_lr
 
 
 class ClassifierSystem(NonFiniteLossGuard, L.LightningModule):
     """Cross-entropy training with a one-cycle schedule; exports the tested weights to ``export_path``."""
+
+    data_option = "mnist"  # the conf/data option it trains on; train.check_pairing compares the two
 
     def __init__(
         self,
@@ -28,6 +31,8 @@ class ClassifierSystem(NonFiniteLossGuard, L.LightningModule):
         nonfinite_loss: Literal["stop", "skip"] = "stop",
     ) -> None:
         super().__init__()
+        optimizer_lr("model.optimizer", optimizer)
+        at_least("model.max_shift", max_shift, 0)
         check_policy(nonfinite_loss)
         self.save_hyperparameters(logger=False)
         self.net = DigitClassifier(net)

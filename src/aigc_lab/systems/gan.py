@@ -27,9 +27,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.optim.swa_utils import AveragedModel
 from torchvision.utils import make_grid
 
-from aigc_lab.metrics.fid import ClassifierFeatures, build_feature_extractor, make_fid
+from aigc_lab.metrics.fid import FEATURE_KINDS, ClassifierFeatures, build_feature_extractor, make_fid
 from aigc_lab.models.gan import Discriminator, GANConfig, Generator, init_dcgan_weights
 from aigc_lab.systems.guards import NonFiniteLossGuard, check_policy
+from aigc_lab.utils.validate import at_least, in_interval, one_of, optimizer_lr, positive
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -40,6 +41,9 @@ class GANSystem(NonFiniteLossGuard, L.LightningModule):
     # `trainer.strategy=ddp` into Lightning's `ddp_find_unused_parameters_true` for this system.
     ddp_find_unused_parameters = True
     clip_option = "model.clip_grad_norm=1.0"  # manual optimization: Lightning's gradient_clip_val does not apply
+
+    checkpoint_key = "gan_config"  # what on_save_checkpoint adds; checkpoints.check_checkpoint_for reads it
+    data_option = "mnist"  # the conf/data option it trains on; train.check_pairing compares the two
 
     def __init__(
         self,
@@ -65,14 +69,16 @@ class GANSystem(NonFiniteLossGuard, L.LightningModule):
         (1.0 keeps them constant). ``nonfinite_loss``: a NaN/inf loss stops the run or skips that network's
         step (``systems/guards.py``)."""
         super().__init__()
-        if lr <= 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        if n_critic < 1:
-            raise ValueError(f"n_critic must be >= 1, got {n_critic}")
-        if not 0.0 <= lr_decay_start <= 1.0:
-            raise ValueError(f"lr_decay_start must be in [0, 1], got {lr_decay_start}")
-        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1) or null, got {ema_decay}")
+        positive("model.lr", lr)
+        optimizer_lr("model.optimizer_g", optimizer_g)
+        optimizer_lr("model.optimizer_d", optimizer_d)
+        at_least("model.n_critic", n_critic, 1)
+        in_interval("model.lr_decay_start", lr_decay_start, 0, 1)
+        in_interval("model.ema_decay", ema_decay, 0, 1, "[)", optional=True)
+        positive("model.clip_grad_norm", clip_grad_norm, optional=True)
+        one_of("model.fid_features", fid_features, FEATURE_KINDS)
+        positive("model.grid_columns", grid_columns)
+        in_interval("model.confident_threshold", confident_threshold, 0, 1, "(]")
         check_policy(nonfinite_loss)
         self.save_hyperparameters(logger=False)
         self.automatic_optimization = False

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from aigc_lab.errors import UserError
+from aigc_lab.utils.validate import one_of
 
 log = logging.getLogger("aigc_lab")
 
@@ -37,8 +38,7 @@ class NonFiniteLossError(UserError):
 
 
 def check_policy(policy: str) -> None:
-    if policy not in POLICIES:
-        raise ValueError(f"nonfinite_loss must be one of {', '.join(POLICIES)}, got {policy!r}")
+    one_of("model.nonfinite_loss", policy, POLICIES)
 
 
 class NonFiniteLossGuard:

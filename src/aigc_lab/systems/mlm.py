@@ -30,11 +30,15 @@ from aigc_lab.data.tokenizer import MASK, SPECIAL_TOKENS, tokenizer_from_json
 from aigc_lab.errors import UserError
 from aigc_lab.models.mlm import MaskedLM, MLMConfig
 from aigc_lab.systems.guards import NonFiniteLossGuard, check_policy
+from aigc_lab.utils.validate import at_least, in_interval, net_config, one_of, optimizer_lr, positive
 
 Batch = dict[str, torch.Tensor]  # input_ids [B, T], labels [B, T], attention_mask [B, T] (when padded)
 
 
 class MLMSystem(NonFiniteLossGuard, L.LightningModule):
+    checkpoint_key = "mlm_config"  # what on_save_checkpoint adds; checkpoints.check_checkpoint_for reads it
+    data_option = "text"  # the conf/data option it trains on; train.check_pairing compares the two
+
     def __init__(
         self,
         net: partial | MLMConfig,
@@ -55,17 +59,16 @@ class MLMSystem(NonFiniteLossGuard, L.LightningModule):
         [MASK] in TensorBoard's TEXT tab. ``nonfinite_loss``: a NaN/inf loss stops the run or skips the step
         (``systems/guards.py``)."""
         super().__init__()
-        if lr <= 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        if not 0.0 <= warmup_ratio < 1.0:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
-        if not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
-        if schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(f"schedule must be cosine, linear or constant, got {schedule!r}")
+        positive("model.lr", lr)
+        optimizer_lr("model.optimizer", optimizer)
+        in_interval("model.warmup_ratio", warmup_ratio, 0, 1, "[)")
+        in_interval("model.min_lr_ratio", min_lr_ratio, 0, 1)
+        one_of("model.schedule", schedule, ("cosine", "linear", "constant"))
+        at_least("model.num_examples", num_examples, 0)
+        positive("model.example_top_k", example_top_k)
         check_policy(nonfinite_loss)
-        if not isinstance(net, MLMConfig):
-            net(vocab_size=len(SPECIAL_TOKENS) + 1)  # checks the other fields now, before any data work
+        if not isinstance(net, MLMConfig):  # checks the other fields now, before any data work
+            net_config("model.net", net, vocab_size=len(SPECIAL_TOKENS) + 1)
         self.save_hyperparameters(logger=False)
         self.cfg: MLMConfig | None = net if isinstance(net, MLMConfig) else None
         self.model: MaskedLM | None = MaskedLM(self.cfg) if self.cfg is not None else None

@@ -40,11 +40,15 @@ from aigc_lab.models.decoding import search
 from aigc_lab.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from aigc_lab.systems.guards import NonFiniteLossGuard, check_policy
 from aigc_lab.systems.mlm import lr_factor, weight_decay_groups
+from aigc_lab.utils.validate import at_least, in_interval, net_config, one_of, optimizer_lr, positive
 
 Triple = tuple[str, str, str]  # (source, reference, hypothesis)
 
 
 class Seq2SeqSystem(NonFiniteLossGuard, L.LightningModule):
+    checkpoint_key = "seq2seq_config"  # what on_save_checkpoint adds; checkpoints.check_checkpoint_for reads it
+    data_option = "parallel"  # the conf/data option it trains on; train.check_pairing compares the two
+
     def __init__(
         self,
         net: partial | Seq2SeqConfig,
@@ -68,25 +72,19 @@ class Seq2SeqSystem(NonFiniteLossGuard, L.LightningModule):
         tokens and at most 2 x the batch's source length + 10. ``nonfinite_loss``: a NaN/inf loss stops the run
         or skips the step (``systems/guards.py``)."""
         super().__init__()
-        if lr <= 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        if not 0.0 <= warmup_ratio < 1.0:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
-        if not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
-        if schedule not in ("inverse_sqrt", "cosine", "linear", "constant"):
-            raise ValueError(f"schedule must be inverse_sqrt, cosine, linear or constant, got {schedule!r}")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        if beam_size < 1:
-            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
-        if max_decode_len < 1:
-            raise ValueError(f"max_decode_len must be >= 1, got {max_decode_len}")
-        if val_decode_batches is not None and val_decode_batches < 1:
-            raise ValueError(f"val_decode_batches must be >= 1 or null (all), got {val_decode_batches}")
+        positive("model.lr", lr)
+        optimizer_lr("model.optimizer", optimizer)
+        in_interval("model.warmup_ratio", warmup_ratio, 0, 1, "[)")
+        in_interval("model.min_lr_ratio", min_lr_ratio, 0, 1)
+        one_of("model.schedule", schedule, ("inverse_sqrt", "cosine", "linear", "constant"))
+        in_interval("model.label_smoothing", label_smoothing, 0, 1, "[)")
+        at_least("model.beam_size", beam_size, 1)
+        at_least("model.max_decode_len", max_decode_len, 1)
+        positive("model.val_decode_batches", val_decode_batches, optional=True)  # null: all
+        at_least("model.num_examples", num_examples, 0)
         check_policy(nonfinite_loss)
-        if not isinstance(net, Seq2SeqConfig):
-            net(vocab_size=len(SEQ2SEQ_SPECIAL_TOKENS) + 1)  # checks the other fields now, before any data work
+        if not isinstance(net, Seq2SeqConfig):  # checks the other fields now, before any data work
+            net_config("model.net", net, vocab_size=len(SEQ2SEQ_SPECIAL_TOKENS) + 1)
         self.save_hyperparameters(logger=False)
         self.cfg: Seq2SeqConfig | None = net if isinstance(net, Seq2SeqConfig) else None
         self.model: Seq2SeqTransformer | None = Seq2SeqTransformer(self.cfg) if self.cfg is not None else None

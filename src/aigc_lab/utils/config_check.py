@@ -15,6 +15,7 @@ from typing import Any
 
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationKeyError, InterpolationResolutionError
 
 from aigc_lab.errors import ConfigError
 
@@ -23,7 +24,13 @@ _HYDRA_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
 
 def check_targets(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first unknown key or mistyped value under a ``_target_`` node."""
-    _walk(OmegaConf.to_container(cfg, resolve=True), prefix="")
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as err:
+        # A missing key is most often groups that do not fit: model=seq2seq with data=text lacks ${data.max_len}
+        hint = " (do the groups fit together, e.g. model= and data=?)" if isinstance(err, InterpolationKeyError) else ""
+        raise ConfigError(f"{err.full_key}: {err.msg}{hint}") from None
+    _walk(resolved, prefix="")
 
 
 def _walk(node: Any, prefix: str) -> None:
@@ -102,4 +109,22 @@ def _matches(value: Any, annotation: Any) -> bool | None:
 
 
 def _type_name(annotation: Any) -> str:
+    """``int | None`` -> "int or None"; Literal values are listed (``trainer.precision``: "one of 64, 32, ...")."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, typing.Literal):
+        args = _flat_args(annotation)
+        values = [repr(a) for a in args if not isinstance(a, type) and typing.get_origin(a) is None]
+        kinds = [_type_name(a) for a in args if isinstance(a, type) or typing.get_origin(a) is not None]
+        return " or ".join(([f"one of {', '.join(values)}"] if values else []) + kinds)
+    if annotation is type(None):
+        return "None"
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _flat_args(annotation: Any) -> list[Any]:
+    """The members of nested unions and Literals, in order: Literal values and the other types."""
+    out = []
+    for arg in typing.get_args(annotation):
+        nested = typing.get_origin(arg) in (typing.Union, types.UnionType, typing.Literal)
+        out += _flat_args(arg) if nested else [arg]
+    return out
