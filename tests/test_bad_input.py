@@ -171,6 +171,9 @@ CASES = [
     pytest.param("gpu_without_gpu", "aigc_lab", lambda b: (*GAN, "trainer.accelerator=gpu", "trainer.devices=999"),
                  NONE, ("trainer.accelerator=gpu but no CUDA GPU is visible here: use trainer.accelerator=cpu",),
                  marks=NO_GPU),
+    ("too_many_cpu_devices", "aigc_lab", lambda b: (*GAN, "trainer.accelerator=cpu", "trainer.devices=999"), NONE,
+     ("trainer.devices=999 on a CPU would start 999 processes, but this machine has", "cores: set trainer.devices "
+      "to at most"),),
     ("no_devices", "aigc_lab", lambda b: (*GAN, "trainer.accelerator=cpu", "trainer.devices=0"), NONE,
      ("trainer: `Trainer(devices=0)` value is not a valid input using cpu accelerator. (check trainer.accelerator, "
       "devices, strategy and precision)",)),

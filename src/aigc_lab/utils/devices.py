@@ -4,6 +4,7 @@ missing (``16-mixed`` on a CPU silently runs as ``bf16-mixed``)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,12 +24,14 @@ def check_trainer_hardware(trainer: Mapping[str, Any]) -> None:
     gpus = torch.cuda.device_count()
     if accelerator in ("gpu", "cuda"):
         check_gpu_devices(trainer.get("devices", "auto"), gpus, accelerator)
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and gpus == 0 and not torch.backends.mps.is_available())
+    if on_cpu:
+        check_cpu_devices(trainer.get("devices", "auto"))
     precision = trainer.get("precision")
     if precision is None:
         return
     precision = ALIASES.get(str(precision), str(precision))
     on_gpu = gpus > 0 and accelerator in ("gpu", "cuda", "auto")
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and gpus == 0 and not torch.backends.mps.is_available())
     if on_cpu and precision not in CPU_PRECISIONS:
         raise ConfigError(f"trainer.precision={trainer.get('precision')} cannot run on a CPU: use bf16-mixed "
                           f"or 32-true (or run on a GPU with trainer.accelerator=gpu)")
@@ -52,6 +55,16 @@ def check_gpu_devices(devices: Any, available: int, accelerator: str = "gpu") ->
     if count is not None and count > available:
         raise ConfigError(f"trainer.devices={devices} but {available} GPU(s) are visible: set trainer.devices "
                           f"to at most {available} (or -1 for all of them)")
+
+
+def check_cpu_devices(devices: Any) -> None:
+    """On a CPU each device is a process (DDP over gloo): more of them than this machine's cores is a typo
+    (``trainer.devices=999`` would start 999 processes), not a run."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    count = int(devices) if isinstance(devices, int) or (isinstance(devices, str) and devices.isdigit()) else None
+    if count is not None and count > cores:
+        raise ConfigError(f"trainer.devices={devices} on a CPU would start {count} processes, but this machine has "
+                          f"{cores} cores: set trainer.devices to at most {cores} (or use a GPU machine)")
 
 
 def instantiate_trainer(trainer: Any, **kwargs: Any) -> Any:
