@@ -79,3 +79,16 @@ def test_gan_flops_are_measured_without_touching_the_networks(single_thread):
     assert tp.gan_train_flops(system, (torch.zeros(8, 1, 28, 28), torch.zeros(8, dtype=torch.long))) > flops
     for key, value in system.state_dict().items():
         torch.testing.assert_close(value, before[key])  # batch-norm statistics, spectral-norm vectors
+
+
+def test_gan_flops_are_measured_once(monkeypatch):
+    # The batch size is fixed: one measurement (a deep copy and traced passes) serves every batch. Measuring on
+    # every batch cost ~20x a tiny model's training step (bench/overhead.py found it).
+    from aigc_lab.models.gan import GANConfig
+    from aigc_lab.systems.gan import GANSystem
+
+    calls = []
+    monkeypatch.setattr(tp, "gan_train_flops", lambda system, batch: calls.append(batch) or 123)
+    adam = partial(torch.optim.Adam, lr=1e-3)
+    count = tp.flops_counter(GANSystem(GANConfig(g_width=8, d_width=8), adam, adam, fid_features="none"))
+    assert [count(i) for i in range(3)] == [123, 123, 123] and calls == [0]
