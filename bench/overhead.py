@@ -21,7 +21,8 @@ median of the batch-start differences after ``--warmup`` steps (fetching the nex
 record their first ``--compare`` losses (during warm-up, so no timed step pays for it): same seed, same
 initial weights, batches and noise, so the losses must agree; the table shows the largest difference.
 (a)'s console output goes to a log file, as in a batch job: terminal rendering of the progress bar is not
-timed.
+timed. Both paths train where ``trainer.accelerator`` points (``auto``: a GPU when there is one); on a GPU the
+batch-start differences are not synchronised, so only their steady-state median means something there.
 
 Hydra overrides after the options apply to every system, or to one with a prefix: ``mlm:data.batch_size=16``.
 """

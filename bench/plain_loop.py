@@ -253,10 +253,18 @@ BUILDERS: dict[str, Callable[[DictConfig, torch.device], PlainLoop]] = {
 }
 
 
-def build(system: str, cfg: DictConfig, device: torch.device | str = "cpu") -> PlainLoop:
-    """Seed as the launcher does, then build the system's loop (random draws in the launcher's order)."""
+def trainer_device(cfg: DictConfig) -> torch.device:
+    """The device ``cfg.trainer.accelerator`` trains on with one device (``auto``: a GPU when there is one)."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return torch.device("cuda", 0) if cuda else torch.device("cpu")
+
+
+def build(system: str, cfg: DictConfig, device: torch.device | str | None = None) -> PlainLoop:
+    """Seed as the launcher does, then build the system's loop (random draws in the launcher's order) on
+    ``device`` (default: where the trainer config would train)."""
     seed_all(int(cfg.seed))
-    return BUILDERS[system](cfg, torch.device(device))
+    return BUILDERS[system](cfg, torch.device(device) if device is not None else trainer_device(cfg))
 
 
 # ---------------------------------------------------------------- running
