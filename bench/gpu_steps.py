@@ -1,7 +1,7 @@
 """Each system's preset for a fixed number of training steps on one CUDA GPU: step time, samples or tokens/s,
 model-FLOPs utilisation (MFU) and peak GPU memory. Started by bench/gpu.sh (which adds the time limit).
 
-    bench/gpu.sh                                  # gan_mnist, mlm_pydocs, seq2seq_en_fr in bf16-mixed: ~2 min
+    bench/gpu.sh                                  # gan_mnist, mlm_pydocs, seq2seq_en_fr in bf16-mixed (< 8 min)
     bench/gpu.sh --steps 500 --systems mlm        # more steps, one system
     bench/gpu.sh --callbacks                      # with the launcher's default callbacks and TensorBoard logging
     bench/gpu.sh --cpu                            # tiny configs on the CPU: a smoke test of this script

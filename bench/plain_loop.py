@@ -78,7 +78,7 @@ def epoch_batches(n_batches: int, limit: int | float | None) -> int:
     """Batches per epoch under ``trainer.limit_train_batches`` (an int caps, a float is a share), as Lightning."""
     if limit is None:
         return n_batches
-    if isinstance(limit, int) and not isinstance(limit, bool) or (isinstance(limit, float) and limit > 1.0):
+    if (isinstance(limit, int) and not isinstance(limit, bool)) or (isinstance(limit, float) and limit > 1.0):
         return min(n_batches, int(limit))
     return int(n_batches * float(limit))
 

@@ -1,6 +1,6 @@
 """Time from the command to the first training step, and what it is spent on, per system.
 
-    AIGC_DATA_DIR=../shared/data .venv/bin/python bench/startup.py                 # the three presets, 3 runs each
+    AIGC_DATA_DIR=../shared/data .venv/bin/python bench/startup.py                 # the three presets, 4 runs each
     AIGC_DATA_DIR=../shared/data .venv/bin/python bench/startup.py --system mlm --runs 5
     .venv/bin/python bench/startup.py --tiny --system seq2seq                       # seconds: a smoke test
 

@@ -1,9 +1,10 @@
 """bench/overhead.py and its hand-written loops (bench/plain_loop.py): the table comes out, and the plain loop
 does the work of the Lightning system (same seed -> the same losses). No timing is asserted.
 
-The whole script (both paths in fresh subprocesses) runs for one system; the loss agreement of the other two
-is checked in-process against the launcher's own ``train(cfg)`` (what ``python -m aigc_lab`` runs once Hydra
-has composed the config), which costs seconds instead of two interpreter starts per system.
+The whole script (both paths in fresh subprocesses, at the same time: ``--concurrent``, a correctness check) runs
+for one system; the loss agreement of the other two is checked in-process against the launcher's own
+``train(cfg)`` (what ``python -m aigc_lab`` runs once Hydra has composed the config), which costs seconds
+instead of two interpreter starts per system.
 """
 
 from __future__ import annotations
