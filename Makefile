@@ -8,7 +8,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 AIGC_DATA_DIR ?= $(if $(wildcard ../shared/data/mnist),../shared/data,./data)
 export AIGC_DATA_DIR
 
-.PHONY: install train test lint bench-gan bench-mlm clean
+.PHONY: install train test lint bench-gan bench-mlm bench-overhead bench-startup bench-gpu clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,6 +35,15 @@ bench-gan: $(VENV)/.installed  ## FID of the newest gan_mnist run, beside the re
 bench-mlm: $(VENV)/.installed  ## training tokens/s of our masked LM vs transformers' BertForMaskedLM (a few min)
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) bench/mlm_speed.py $(ARGS)
+
+bench-overhead: $(VENV)/.installed  ## launcher vs a plain PyTorch loop, per step, three presets (~15 min; alone on the machine)
+	$(PY) bench/overhead.py $(ARGS)
+
+bench-startup: $(VENV)/.installed  ## time from the command to the first training step, per phase and per imported package
+	$(PY) bench/startup.py $(ARGS)
+
+bench-gpu: $(VENV)/.installed  ## the three presets on one CUDA GPU: step time, tokens/s, MFU, peak memory (< 8 min)
+	PYTHON=$(PY) bench/gpu.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

@@ -4,6 +4,7 @@
                                                   # batch 32; fp32 and bf16 (a few minutes on 2 cores)
     .venv/bin/python bench/mlm_speed.py --check   # only: both models' initial losses are near ln(vocab)
     .venv/bin/python bench/mlm_speed.py --profile ours --profile-mode bf16   # where a step's time goes
+    .venv/bin/python bench/mlm_speed.py --compile # also ours under torch.compile: tokens/s and compile time
     .venv/bin/python bench/mlm_speed.py --tiny    # seconds: a smoke test
 
 Both models get the same shape (layers, width, heads, MLP width = mlp_ratio * width, position table =
@@ -19,7 +20,11 @@ is how the reference really trains.
 Protocol, per mode (fp32; bf16 = ``torch.autocast("cpu", torch.bfloat16)`` around forward and loss):
 fresh models, ``--warmup`` steps of each (dropped), then ``--rounds`` rounds of ``--steps`` steps of each,
 alternating which model goes first (ABBA), each timed alone. Reported: the median tokens/s of the rounds
-(tokens = batch * seq per step) and the ratio ours / reference.
+(tokens = batch * seq per step) and the ratio ours / reference. With ``--compile``, a third model, ours under
+``torch.compile`` (same seed, so the same weights), joins the rotation; its compile time is the wall time of a
+warm-up pass over all ``--pool`` batches (each masked count is a new shape until dynamic shapes kick in) minus
+as many steady steps. Peak memory: the process's peak RSS (CUDA max allocated on a GPU) while a mode ran, all
+of its models together.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from hf_bert import attn_implementation, hf_bert, make_adamw, n_params, require_transformers
+from step_clock import peak_memory_bytes, reset_peak_memory
 
 from aigc_lab.data.masking import IGNORE_INDEX, MaskingCollator
 from aigc_lab.models.mlm import MaskedLM, MLMConfig
@@ -46,6 +52,7 @@ from aigc_lab.models.mlm import MaskedLM, MLMConfig
 N_SPECIAL = 5  # [PAD] [UNK] [CLS] [SEP] [MASK] = ids 0-4, as in our tokenizer
 PAD_ID, MASK_ID = 0, 4
 MODES = ("fp32", "bf16")
+TABLE_HEADER = "| mode | ours tok/s | HF tok/s | ratio | ours compiled tok/s | compile s | peak memory MB |"
 TINY = dict(layers=2, width=64, heads=2, vocab=512, seq=32, batch=4, rounds=1, steps=2, warmup=1)
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # input_ids [B, T], labels [B, T]
@@ -77,6 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     proto.add_argument("--pool", type=int, default=8, help="distinct random batches, cycled")
     proto.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     proto.add_argument("--seed", type=int, default=0)
+    proto.add_argument("--compile", action="store_true", help="also time ours under torch.compile")
     p.add_argument("--tiny", action="store_true",
                    help="2 layers, width 64, vocab 512, seq 32, batch 4, 1 round of 2 steps: a smoke test")
     p.add_argument("--check", action="store_true",
@@ -194,24 +202,37 @@ def profile(args: argparse.Namespace, batches: list[Batch]) -> None:
     print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=20))
 
 
+def compile_warmup(step: Callable[[Batch], torch.Tensor], batches: list[Batch], warmup: int) -> float:
+    """Seconds of compilation: one pass over every batch (new shapes compile), minus as many steady steps."""
+    first, _ = timed(step, batches, len(batches))
+    timed(step, batches, warmup)  # later recompiles (dynamic shapes) land here, not in the timed rounds
+    steady, _ = timed(step, batches, len(batches))
+    return max(0.0, first - steady)
+
+
 def bench_mode(args: argparse.Namespace, mode: str, batches: list[Batch]) -> dict[str, list[float]]:
-    """tokens/s per round of each model in one mode."""
+    """tokens/s per round of each model in one mode (+ "compile_s" and "peak_bytes")."""
+    reset_peak_memory("cpu")
     steps = {kind: make_step(kind, build(kind, args), args, mode) for kind in ("ours", "hf")}
-    for step in steps.values():
+    compile_s = None
+    if args.compile:
+        steps["ours compiled"] = make_step("ours", torch.compile(build("ours", args)), args, mode)
+        compile_s = compile_warmup(steps["ours compiled"], batches, args.warmup)
+    for kind in ("ours", "hf"):
         if args.warmup:
-            timed(step, batches, args.warmup)
+            timed(steps[kind], batches, args.warmup)
     tokens = args.steps * args.batch * args.seq
-    rates: dict[str, list[float]] = {"ours": [], "hf": []}
+    rates: dict[str, list[float]] = {kind: [] for kind in steps}
     for r in range(args.rounds):
-        order = ("ours", "hf") if r % 2 == 0 else ("hf", "ours")  # ABBA: drift hits both alike
+        order = list(steps) if r % 2 == 0 else list(reversed(steps))  # ABBA: drift hits every model alike
         for kind in order:
             seconds, loss = timed(steps[kind], batches, args.steps)
             rates[kind].append(tokens / seconds)
             if not math.isfinite(loss):
                 raise RuntimeError(f"{kind} {mode}: loss {loss} after round {r + 1}")
-        print(f"  {mode} round {r + 1}/{args.rounds}: ours {rates['ours'][-1]:,.0f} tok/s, "
-              f"HF {rates['hf'][-1]:,.0f} tok/s", file=sys.stderr, flush=True)
-    return rates
+        latest = ", ".join(f"{k} {v[-1]:,.0f} tok/s" for k, v in rates.items())
+        print(f"  {mode} round {r + 1}/{args.rounds}: {latest}", file=sys.stderr, flush=True)
+    return {**rates, "compile_s": compile_s, "peak_bytes": peak_memory_bytes("cpu")}
 
 
 def cpu_name() -> str:
@@ -255,18 +276,22 @@ def main(argv: list[str] | None = None) -> int:
     header(args, batches[0])
     results = {mode: bench_mode(args, mode, batches) for mode in args.modes}
     print()
-    print("| mode | ours tok/s | HF tok/s | ratio |")
-    print("|---|---|---|---|")
+    print(TABLE_HEADER)
+    print("|---" * (TABLE_HEADER.count(" | ") + 1) + "|")
     ratios = []
     for mode, rates in results.items():
         ours, theirs = statistics.median(rates["ours"]), statistics.median(rates["hf"])
         ratios.append(ours / theirs)
-        print(f"| {mode} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f} |")
+        compiled = f"{statistics.median(rates['ours compiled']):,.0f}" if "ours compiled" in rates else "—"
+        compile_s = f"{rates['compile_s']:.1f}" if rates["compile_s"] is not None else "—"
+        print(f"| {mode} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f} | {compiled} | {compile_s} "
+              f"| {rates['peak_bytes'] / 2**20:,.0f} |")
     print()
     for mode, rates in results.items():
-        for kind, name in (("ours", "ours"), ("hf", "HF")):
-            spread = ", ".join(f"{r:,.0f}" for r in rates[kind])
-            print(f"{mode} {name} per round: {spread}")
+        for kind in ("ours", "hf", "ours compiled"):
+            if kind in rates:
+                spread = ", ".join(f"{r:,.0f}" for r in rates[kind])
+                print(f"{mode} {kind} per round: {spread}")
     print(f"ours >= 1.5x HF in every mode: {'yes' if min(ratios) >= 1.5 else 'no'} (min ratio {min(ratios):.2f})")
     return 0
 

@@ -2,6 +2,7 @@
 without the key/value cache (sentences/s, same outputs).
 
     AIGC_DATA_DIR=../shared/data .venv/bin/python bench/seq2seq_speed.py --ours outputs/seq2seq_en_fr/runs/<time>
+    AIGC_DATA_DIR=../shared/data .venv/bin/python bench/seq2seq_speed.py --skip-decode --compile --optim-impl fused
     .venv/bin/python bench/seq2seq_speed.py --tiny          # seconds: synthetic preset, a smoke test
 
 Training: the preset's model (``conf/experiment/<experiment>``) and its first ``--batches`` real training
@@ -10,6 +11,11 @@ gradient clipping; a step is forward, loss, zero_grad, backward, clip, optimizer
 tutorial's ``nn.Transformer`` model (``seq2seq_reference.py``) at the same shape (layers, width, heads, MLP
 width) on the same batches, as a ratio. Per precision: ``--warmup`` steps of each (dropped), then ``--rounds``
 rounds of ``--steps`` steps, alternating which model goes first; median target tokens/s (non-pad targets).
+``--compile``: our model under ``torch.compile(dynamic=True)`` (every batch has its own source and target
+lengths) joins the rotation; its compile time is a warm-up pass over the ``--batches`` batches minus a steady
+pass. ``--optim-impl foreach|fused`` picks AdamW's kernel for every model (default: torch's choice, the
+for-loop kernel on CPU, as in training). Peak memory: the process's peak RSS (CUDA max allocated on a GPU)
+while a precision ran, all of its models together.
 
 Decoding: our trained model (``--ours``: run dir or .ckpt; without it the preset's model at init, whose
 hypotheses run to the length cap) translates the first ``--sentences`` test pairs in batches of
@@ -32,6 +38,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from seq2seq_reference import TutorialTransformer
+from step_clock import peak_memory_bytes, reset_peak_memory
 
 from aigc_lab.data.parallel import ParallelDataModule
 from aigc_lab.data.tokenizer import BOS, EOS, PAD
@@ -56,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-decode", action="store_true")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--compile", action="store_true", help="also time our model under torch.compile")
+    p.add_argument("--optim-impl", choices=("default", "foreach", "fused"), default="default",
+                   help="AdamW kernel of every model (default: torch's choice)")
     p.add_argument("--tiny", action="store_true", help="synthetic preset, 1 round of 2 steps, 32 sentences")
     args = p.parse_args(argv)
     args.experiment = args.experiment or ("seq2seq_synthetic" if args.tiny else "seq2seq_en_fr")
@@ -79,15 +89,20 @@ def build(kind: str, cfg: DictConfig, vocab: int, pad: int) -> torch.nn.Module:
     return TutorialTransformer(vocab, net.d_model, net.n_heads, ffn, net.n_enc_layers, pad)
 
 
-def make_step(kind: str, model: torch.nn.Module, cfg: DictConfig, pad: int, bf16: bool):
+TRAIN_HEADER = ("| precision | ours tokens/s | nn.Transformer tokens/s | ours / reference | ours compiled tokens/s "
+                "| compile s | peak memory MB |")
+OPTIM_IMPL = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+
+
+def make_step(kind: str, model: torch.nn.Module, cfg: DictConfig, pad: int, bf16: bool, optim_impl: str = "default"):
     opt = cfg.model.optimizer
     optimizer = torch.optim.AdamW(weight_decay_groups(model), lr=float(opt.lr), weight_decay=float(opt.weight_decay),
-                                  betas=tuple(opt.betas), eps=float(opt.eps))
+                                  betas=tuple(opt.betas), eps=float(opt.eps), **OPTIM_IMPL[optim_impl])
     smoothing, clip = float(cfg.model.label_smoothing), float(cfg.trainer.get("gradient_clip_val") or 1.0)
 
     def step(batch: dict) -> None:
         with autocast(bf16):
-            if kind == "ours":
+            if kind != "reference":
                 logits = model(batch["src"], batch["src_mask"], batch["tgt_in"])
             else:
                 logits = model(batch["src"], batch["tgt_in"])
@@ -110,24 +125,38 @@ def bench_train(args: argparse.Namespace, cfg: DictConfig, dm: ParallelDataModul
             break
     tokens = [int((b["tgt_out"] != pad).sum()) for b in batches]
     print(f"\ntraining: {len(batches)} batches, {statistics.mean(tokens):.0f} target tokens per batch on average")
-    print("| precision | ours tokens/s | nn.Transformer tokens/s | ours / reference |")
-    print("|---|---|---|---|")
+    print(TRAIN_HEADER)
+    print("|---" * (TRAIN_HEADER.count(" | ") + 1) + "|")
     for bf16 in (False, True):
-        steps = {kind: make_step(kind, build(kind, cfg, dm.vocab_size, pad), cfg, pad, bf16)
-                 for kind in ("ours", "reference")}
+        reset_peak_memory("cpu")
+        models = {kind: build(kind, cfg, dm.vocab_size, pad) for kind in ("ours", "reference")}
+        if args.compile:
+            models["ours compiled"] = torch.compile(build("ours", cfg, dm.vocab_size, pad), dynamic=True)
+        steps = {kind: make_step(kind, model, cfg, pad, bf16, args.optim_impl) for kind, model in models.items()}
+        compile_s = None
+        if args.compile:  # every batch shape compiles (or hits the dynamic graph) once, outside the timed rounds
+            first = run_steps(steps["ours compiled"], batches, len(batches))
+            compile_s = max(0.0, first - run_steps(steps["ours compiled"], batches, len(batches)))
         rates: dict[str, list[float]] = {kind: [] for kind in steps}
-        for step in steps.values():
-            for i in range(args.warmup):
-                step(batches[i % len(batches)])
+        for kind in ("ours", "reference"):
+            run_steps(steps[kind], batches, args.warmup)
         for r in range(args.rounds):
-            for kind in (("ours", "reference") if r % 2 == 0 else ("reference", "ours")):
-                done, start = 0, time.perf_counter()
-                for i in range(args.steps):
-                    steps[kind](batches[i % len(batches)])
-                    done += tokens[i % len(batches)]
-                rates[kind].append(done / (time.perf_counter() - start))
+            for kind in (list(steps) if r % 2 == 0 else list(reversed(steps))):
+                seconds = run_steps(steps[kind], batches, args.steps)
+                rates[kind].append(sum(tokens[i % len(batches)] for i in range(args.steps)) / seconds)
         ours, ref = statistics.median(rates["ours"]), statistics.median(rates["reference"])
-        print(f"| {'bf16-mixed' if bf16 else 'fp32'} | {ours:,.0f} | {ref:,.0f} | {ours / ref:.2f} |", flush=True)
+        compiled = f"{statistics.median(rates['ours compiled']):,.0f}" if args.compile else "—"
+        compile_cell = f"{compile_s:.1f}" if compile_s is not None else "—"
+        print(f"| {'bf16-mixed' if bf16 else 'fp32'} | {ours:,.0f} | {ref:,.0f} | {ours / ref:.2f} | {compiled} "
+              f"| {compile_cell} | {peak_memory_bytes('cpu') / 2**20:,.0f} |", flush=True)
+
+
+def run_steps(step, batches: list[dict], n: int) -> float:
+    """Seconds for ``n`` training steps over the cycled batches."""
+    start = time.perf_counter()
+    for i in range(n):
+        step(batches[i % len(batches)])
+    return time.perf_counter() - start
 
 
 # ---------------------------------------------------------------- decoding with and without the cache

@@ -14,10 +14,12 @@ def test_speed_tiny(tmp_path, cache_dir):
     proc = run_bench("mlm_speed.py", "--tiny", cwd=tmp_path, cache_dir=cache_dir)
     assert "command:" in proc.stdout and "transformers" in proc.stdout
     print(proc.stdout)
-    rows = table_rows(proc.stdout, "| mode | ours tok/s | HF tok/s | ratio |")
+    rows = table_rows(proc.stdout, "| mode | ours tok/s | HF tok/s | ratio | ours compiled tok/s | compile s "
+                                   "| peak memory MB |")
     assert [r[0] for r in rows] == ["fp32", "bf16"]
-    for _, ours, theirs, ratio in rows:
+    for _, ours, theirs, ratio, compiled, compile_s, peak in rows:
         assert float(ours.replace(",", "")) > 0 and float(theirs.replace(",", "")) > 0 and float(ratio) > 0
+        assert compiled == compile_s == "—" and float(peak.replace(",", "")) > 0  # --compile not asked for
 
 
 def test_speed_check_tiny(tmp_path, cache_dir):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from conftest import run_bench, run_dirs, table_rows
 
-TRAIN_HEADER = "| precision | ours tokens/s | nn.Transformer tokens/s | ours / reference |"
+TRAIN_HEADER = ("| precision | ours tokens/s | nn.Transformer tokens/s | ours / reference | ours compiled tokens/s "
+                "| compile s | peak memory MB |")
 DECODE_HEADER = "| decoder | sentences/s | speed-up | identical outputs |"
 QUALITY_HEADER = "| model | params | training steps | BLEU | chrF | exact match | decode s |"
 
@@ -14,7 +15,7 @@ def test_speed_tables(tmp_path):
     proc = run_bench("seq2seq_speed.py", "--tiny", cwd=tmp_path, cache_dir=tmp_path / "cache")
     train = table_rows(proc.stdout, TRAIN_HEADER)
     assert [row[0] for row in train] == ["fp32", "bf16-mixed"]
-    assert all(float(row[3]) > 0 for row in train)
+    assert all(float(row[3]) > 0 and row[4] == row[5] == "—" and float(row[6].replace(",", "")) > 0 for row in train)
     decode = table_rows(proc.stdout, DECODE_HEADER)
     assert decode[1][0] == "beam 5, KV cache" and decode[1][3] == "32/32"  # the cache changes no token
 
