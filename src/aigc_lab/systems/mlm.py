@@ -115,7 +115,8 @@ class MLMSystem(NonFiniteLossGuard, L.LightningModule):
         logits = self.model(batch["input_ids"], batch.get("attention_mask"), positions=masked).float()  # [M, V]
         targets = labels[masked]  # [M]
         loss_sum = F.cross_entropy(logits, targets, reduction="sum")
-        correct = (logits.argmax(dim=-1) == targets).sum()
+        # top-1 accuracy is an evaluation metric: no argmax over [M, V] in training steps
+        correct = targets.new_zeros(()) if self.training else (logits.argmax(dim=-1) == targets).sum()
         return loss_sum / targets.numel() if targets.numel() else loss_sum, loss_sum, correct
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:

@@ -182,6 +182,10 @@ class Seq2SeqSystem(NonFiniteLossGuard, L.LightningModule):
     def _translate(self, batch: Batch) -> None:
         src = batch["src"]
         max_len = min(self.hparams.max_decode_len, 2 * src.shape[1] + 10)
+        if self.trainer.sanity_checking:
+            # The sanity check only proves that decoding and scoring run: an untrained model never emits [EOS],
+            # so a full-length beam search would add tens of seconds before the first training step.
+            max_len = min(max_len, 4)
         ids = search(self.model, src, batch["src_mask"], self.tokenizer.token_to_id(BOS),
                      self.tokenizer.token_to_id(EOS), max_len, self.hparams.beam_size, self.hparams.length_penalty)
         self._outputs += zip(batch["source"], batch["reference"], detokenize(self.tokenizer, ids))
