@@ -167,6 +167,7 @@ def test_sigterm_exit_code_and_a_second_ctrl_c_stops_at_once(tmp_path, single_th
 
     monkeypatch.setattr(os, "_exit", exit_now)
     other = tmp_path / "other"
+    other.mkdir()  # a run dir exists before training (Hydra makes it)
     with pytest.raises(ForcedExit) as stop:
         trainer(other, 8, Preemption(str(other)), SignalAt(2, signal.SIGINT, signal.SIGINT), every_step=False).fit(
             tiny_classifier(), digits())
