@@ -1,6 +1,7 @@
 from aigc_lab.callbacks.preemption import Preemption
+from aigc_lab.callbacks.progress import LogProgress, progress_bar
 from aigc_lab.callbacks.rng_state import RNGState
 from aigc_lab.callbacks.startup import StartupTimer
 from aigc_lab.callbacks.throughput import Throughput
 
-__all__ = ["Preemption", "RNGState", "StartupTimer", "Throughput"]
+__all__ = ["LogProgress", "Preemption", "progress_bar", "RNGState", "StartupTimer", "Throughput"]
