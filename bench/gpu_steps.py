@@ -55,6 +55,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from overhead import for_system
+
 SYSTEMS = ("gan", "mlm", "seq2seq")
 PRESETS = {"gan": "gan_mnist", "mlm": "mlm_pydocs", "seq2seq": "seq2seq_en_fr"}
 # --cpu: the sizes of tests/runs.py (and bench/overhead.py --tiny)
@@ -240,13 +242,7 @@ def system_overrides(args: argparse.Namespace, system: str) -> list[str]:
              f"paths.output_dir={args.tmp}"]
     if system == "gan":
         base.append("model.fid_features=none")  # the FID network serves validation only
-    for override in args.overrides:
-        key = override.split("=", 1)[0]
-        if ":" in key:
-            prefix, override = override.split(":", 1)
-            if prefix != system:
-                continue
-        base.append(override)
+    base.extend(for_system(args.overrides, system))
     return base
 
 

@@ -101,7 +101,14 @@ def system_overrides(args: argparse.Namespace, system: str) -> list[str]:
     out = [*(TINY[system] if args.tiny else (PRESETS[system],)), *COMMON, *EXTRA.get(system, ())]
     if args.precision:
         out.append(f"trainer.precision={args.precision}")
-    for override in args.overrides:
+    out.extend(for_system(args.overrides, system))
+    return out
+
+
+def for_system(overrides: list[str], system: str) -> list[str]:
+    """The overrides that apply to ``system``: unprefixed ones, and ``SYSTEM:key=value`` ones of that system."""
+    out = []
+    for override in overrides:
         key = override.split("=", 1)[0]
         if ":" in key:
             prefix, override = override.split(":", 1)

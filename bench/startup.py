@@ -35,7 +35,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from overhead import PRESETS, SYSTEMS, TINY
+from overhead import PRESETS, SYSTEMS, TINY, for_system
 
 BENCH = Path(__file__).resolve().parent
 TINY_EXTRA = {"gan": ("model.fid_features=none",)}  # no FID network to train first
@@ -62,13 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def system_overrides(args: argparse.Namespace, system: str) -> list[str]:
     out = [*TINY[system], *TINY_EXTRA.get(system, ())] if args.tiny else [PRESETS[system]]
-    for override in args.overrides:
-        key = override.split("=", 1)[0]
-        if ":" in key:
-            prefix, override = override.split(":", 1)
-            if prefix != system:
-                continue
-        out.append(override)
+    out.extend(for_system(args.overrides, system))
     return out
 
 
