@@ -18,8 +18,9 @@ Each run is a fresh subprocess; runs alternate a, b, a, b, ...; the first ``--dr
 dropped (the OS file cache, the tokenizer cache), then ``--runs`` are kept. Per run, the step time is the
 median of the batch-start differences after ``--warmup`` steps (fetching the next batch, the step and, in
 (a), every hook and logging call); the table shows the median over runs and the ratio (a) / (b). Both paths
-record their first ``--compare`` losses (during warm-up, so no timed step pays for it): same seed, same
-initial weights, batches and noise, so the losses must agree; the table shows the largest difference.
+copy their losses to the host on the logging steps (every ``trainer.log_every_n_steps``-th, as the launcher
+writes its logs) and record those of the first ``--compare``: same seed, same initial weights, batches and
+noise, so the losses must agree; the table shows the largest difference.
 (a)'s console output goes to a log file, as in a batch job: terminal rendering of the progress bar is not
 timed. Both paths train where ``trainer.accelerator`` points (``auto``: a GPU when there is one); on a GPU the
 batch-start differences are not synchronised, so only their steady-state median means something there.
@@ -45,13 +46,16 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 SYSTEMS = ("gan", "mlm", "seq2seq")
 PRESETS = {"gan": "experiment=gan_mnist", "mlm": "experiment=mlm_pydocs", "seq2seq": "experiment=seq2seq_en_fr"}
-# --tiny: the sizes of tests/runs.py (fixture data for the GAN and the masked LM, the synthetic task for seq2seq)
+# --tiny: the sizes of tests/runs.py (fixture data for the GAN and the masked LM, the synthetic task for seq2seq);
+# every step a logging step, so that a dozen steps have losses to compare
 TINY = {
-    "gan": ("experiment=gan_mnist", "data.batch_size=16", "model.net.g_width=8", "model.net.d_width=8"),
-    "mlm": ("experiment=mlm_tiny", "data.batch_size=8"),
+    "gan": ("experiment=gan_mnist", "data.batch_size=16", "model.net.g_width=8", "model.net.d_width=8",
+            "trainer.log_every_n_steps=1"),
+    "mlm": ("experiment=mlm_tiny", "data.batch_size=8", "trainer.log_every_n_steps=1"),
     "seq2seq": ("experiment=seq2seq_synthetic", "data.synthetic_train_size=400", "data.synthetic_val_size=40",
                 "data.synthetic_test_size=40", "data.max_tokens=512", "model.net.d_model=32",
-                "model.net.n_enc_layers=1", "model.net.n_dec_layers=1", "model.net.n_heads=2"),
+                "model.net.n_enc_layers=1", "model.net.n_dec_layers=1", "model.net.n_heads=2",
+                "trainer.log_every_n_steps=1"),
 }
 # Training steps only, in both paths; no run-level metric to return (nothing is validated).
 COMMON = ("++trainer.limit_val_batches=0", "test=false", "optimized_metric=null")
@@ -69,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=10, help="steps not timed at the start of each run")
     p.add_argument("--runs", type=int, default=3, help="kept runs of each path (median)")
     p.add_argument("--drop", type=int, default=1, help="runs of each path dropped first")
-    p.add_argument("--compare", type=int, default=5, help="first losses compared between the paths (<= warmup)")
+    p.add_argument("--compare", type=int, default=5,
+                   help="losses compared between the paths: those of the first N logging steps")
     p.add_argument("--precision", default=None, help="trainer.precision for both paths (default: the preset's)")
     p.add_argument("--tiny", action="store_true", help="tiny models and data, 12 steps, 1 run each, none dropped")
     p.add_argument("--concurrent", action="store_true",
@@ -84,7 +89,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.runs = args.runs if "--runs" in given else 1
         args.drop = args.drop if "--drop" in given else 0
         args.steps = args.steps or 12
-    args.compare = min(args.compare, args.warmup)
     for override in args.overrides:
         prefix = override.split(":", 1)[0] if ":" in override.split("=", 1)[0] else None
         if prefix is not None and prefix not in SYSTEMS:
@@ -127,7 +131,7 @@ def launcher_command(overrides: list[str], steps: int, record: int, out: Path, r
 
 def plain_command(system: str, overrides: list[str], steps: int, record: int, out: Path) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--child", system, "--steps", str(steps),
-            "--warmup", str(record), "--compare", str(record), "--out", str(out), "--", *overrides]
+            "--compare", str(record), "--out", str(out), "--", *overrides]
 
 
 def run_once(kind: str, system: str, overrides: list[str], args: argparse.Namespace, run_dir: Path) -> dict:
@@ -211,7 +215,8 @@ def print_table(results: dict[str, dict], runs: int) -> None:
     for system, r in results.items():
         runs_ms = "; ".join(f"{kind} " + ", ".join(f"{1e3 * s:.2f}" for s in values)
                             for kind, values in r["per_run"].items())
-        print(f"{system} per-run medians (ms/step): {runs_ms}; losses compared over the first {r['compared']} steps")
+        print(f"{system} per-run medians (ms/step): {runs_ms}; losses compared over the first {r['compared']} "
+              "logging steps")
 
 
 # ---------------------------------------------------------------- (b) in its own process
@@ -240,7 +245,8 @@ def child(args: argparse.Namespace) -> int:
     from step_clock import write_json
 
     cfg = compose([*args.overrides, f"trainer.max_steps={args.steps}"])
-    record = run(build(args.child, cfg), args.steps, record_losses=args.compare)
+    record = run(build(args.child, cfg), args.steps, record_losses=args.compare,
+                 every=int(cfg.trainer.log_every_n_steps))
     record.update(batch=describe_batch(args.child, cfg), precision=str(cfg.trainer.precision))
     write_json(args.out, record)
     return 0

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from step_clock import logging_step
 from torch.optim.swa_utils import AveragedModel
 
 from aigc_lab.data.masking import IGNORE_INDEX
@@ -279,17 +280,18 @@ def batches(loop: PlainLoop) -> Iterator[Any]:
         epoch += 1
 
 
-def run(loop: PlainLoop, steps: int, record_losses: int = 0) -> dict[str, Any]:
+def run(loop: PlainLoop, steps: int, record_losses: int = 0, every: int = 1) -> dict[str, Any]:
     """Train ``steps`` steps: ``{"starts": [perf_counter at each step start], "end": s, "losses": {...}}``.
 
-    A step starts once its batch is fetched (as Lightning's ``on_train_batch_start``); the losses of the first
-    ``record_losses`` steps are copied to the host (outside the steps that benchmarks time)."""
+    A step starts once its batch is fetched (as Lightning's ``on_train_batch_start``). The losses of the first
+    ``record_losses`` logging steps (every ``every``-th step, as the launcher's ``trainer.log_every_n_steps``)
+    are copied to the host, as a loop that prints its loss every N steps does (bench/step_clock.py)."""
     starts: list[float] = []
     losses: dict[str, list[float]] = {}
     for batch in batches(loop):
         starts.append(time.perf_counter())
         out = loop.step(to_device(batch, loop.device))
-        if len(starts) <= record_losses:
+        if len(next(iter(losses.values()), [])) < record_losses and logging_step(len(starts), every):
             for key, value in out.items():
                 losses.setdefault(key, []).append(float(value))
         if len(starts) == steps:

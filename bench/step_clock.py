@@ -3,8 +3,12 @@
 ``StepClock`` is the minimal Lightning callback that bench/overhead.py adds to the real launcher
 (``+callbacks.step_clock._target_=step_clock.StepClock``, with ``bench/`` on ``PYTHONPATH``): one
 ``time.perf_counter()`` per training batch, taken in ``on_train_batch_start`` (after the batch was fetched
-and moved to the device), and the first ``record_losses`` logged ``train/loss*`` values. The hand-written
-loop of bench/plain_loop.py takes the same timestamps at the same place, so step times compare.
+and moved to the device), and the ``train/loss*`` values of the first ``record_losses`` logging steps. The
+hand-written loop of bench/plain_loop.py takes the same timestamps at the same place, so step times compare.
+
+Logging steps: every ``trainer.log_every_n_steps``-th batch (``logging_step``), the steps whose logged values
+Lightning writes and the only ones on which the GAN logs its losses (``aigc_lab.systems.step_logs``). Both
+paths copy their losses to the host on those steps only, as any loop that prints its loss every N steps does.
 
 ``reset_peak_memory`` / ``peak_memory_bytes``: the peak memory of a stretch of work: CUDA's
 ``max_memory_allocated`` on a GPU, else the process's peak RSS (``VmHWM``, which Linux resets when "5" is
@@ -24,12 +28,14 @@ import lightning as L
 import torch
 
 
-class StepClock(L.Callback):
-    """Timestamps of every training batch start; losses of the first ``record_losses`` batches; a JSON file
-    ``out`` at the end of training: ``{"starts": [s, ...], "end": s, "losses": {"train/loss": [...], ...}}``.
+def logging_step(batches_done: int, every: int) -> bool:
+    """Whether the batch that brings the count of trained batches to ``batches_done`` is a logging step."""
+    return batches_done % max(every, 1) == 0
 
-    Reading the losses (``trainer.callback_metrics``, a host copy) happens only in the first ``record_losses``
-    batches, which the benchmarks count as warm-up: timed steps carry no extra work.
+
+class StepClock(L.Callback):
+    """Timestamps of every training batch start; losses of the first ``record_losses`` logging steps; a JSON
+    file ``out`` at the end of training: ``{"starts": [s, ...], "end": s, "losses": {"train/loss": [...], ...}}``.
     """
 
     def __init__(self, out: str | None = None, record_losses: int = 0) -> None:
@@ -44,7 +50,8 @@ class StepClock(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if len(self.starts) <= self.record_losses:
+        recorded = len(next(iter(self.losses.values()), []))
+        if recorded < self.record_losses and logging_step(len(self.starts), trainer.log_every_n_steps):
             for key, value in trainer.callback_metrics.items():
                 if key.startswith("train/loss"):
                     self.losses.setdefault(key, []).append(float(value))

@@ -16,6 +16,7 @@ from conftest import REPO, run_bench, table_rows
 
 sys.path.insert(0, str(REPO / "bench"))
 import overhead  # noqa: E402  (bench/ is not a package)
+import overhead_paired  # noqa: E402
 
 
 def test_overhead_table(tmp_path, cache_dir):
@@ -28,6 +29,22 @@ def test_overhead_table(tmp_path, cache_dir):
     assert float(loss_diff) == 0.0  # same seed: the same dropout masks, batches and weights in both paths
     assert "losses agree (max abs diff <= 1e-4): yes" in proc.stdout
     assert not list(tmp_path.glob("outputs"))  # run dirs go to a temporary dir, removed afterwards
+
+
+def test_overhead_paired_table(tmp_path, data_dir, cache_dir, monkeypatch):
+    """Both paths in one process, taking turns: each keeps its own random streams, so the losses still agree."""
+    monkeypatch.setenv("AIGC_DATA_DIR", str(data_dir))
+    proc = run_bench("overhead_paired.py", "--tiny", "--system", "gan", cwd=tmp_path, cache_dir=cache_dir)
+    (row,) = table_rows(proc.stdout, overhead_paired.TABLE_HEADER)
+    system, experiment, precision, batch, steps, block, launcher, plain, ratio, pairs, loss_diff = row
+    assert (system, experiment, precision, batch, block) == ("gan", "gan_mnist", "bf16-mixed", "16 images", "4")
+    assert steps == "19 x 1"  # 24 steps - 4 warm-up - the launcher's last (no next start), 1 run
+    assert float(launcher) > 0 and float(plain) > 0 and float(ratio.strip("*")) > 0
+    low, high = (float(x) for x in pairs.split("-"))
+    assert 0 < low <= high
+    assert float(loss_diff) == 0.0
+    assert "losses agree (max abs diff <= 1e-4): yes" in proc.stdout
+    assert not list(tmp_path.glob("outputs"))
 
 
 @pytest.mark.parametrize("system", ["gan", "mlm"])

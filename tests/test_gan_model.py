@@ -130,3 +130,53 @@ def test_clipping_sees_unscaled_gradients_under_loss_scaling(data_dir):
     trainer.fit(system, datamodule=MNISTDataModule(str(data_dir), batch_size=16))
     assert len(system.norms) == 4  # D and G steps of two batches
     assert all(0.005 < n <= 0.0101 for n in system.norms), system.norms  # clipped to 0.01, in true units
+
+
+class LogSpy(L.Callback):
+    """The names and values that each training batch passes to ``self.log``."""
+
+    def __init__(self, system):
+        self.logged, self.calls = [], []
+        log = system.log
+
+        def spying_log(name, value, *args, **kwargs):
+            self.calls.append((name, float(value)))
+            return log(name, value, *args, **kwargs)
+
+        system.log = spying_log
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.logged.append(dict(self.calls))
+        self.calls.clear()
+
+
+class WrittenSteps(L.pytorch.loggers.Logger):
+    """A logger that records the steps and values Lightning writes."""
+
+    name, version = "spy", 0
+
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+
+    def log_metrics(self, metrics, step=None):
+        self.rows.append((step, {k: v for k, v in metrics.items() if k.startswith("train/")}))
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+def test_scalars_logged_on_the_written_steps_only(data_dir):
+    """The GAN logs its per-step scalars only on the steps whose logs Lightning writes (systems/step_logs.py):
+    every trainer.log_every_n_steps batches; what is written is that step's own values."""
+    system, logger = _system(), WrittenSteps()
+    spy = LogSpy(system)
+    trainer = L.Trainer(max_steps=7, log_every_n_steps=3, logger=logger, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[spy])
+    trainer.fit(system, datamodule=MNISTDataModule(str(data_dir), batch_size=16))
+    keys = ["train/d_fake", "train/d_real", "train/loss_d", "train/loss_g"]
+    assert [sorted(m) for m in spy.logged] == [[], [], keys, [], [], keys, []]  # batches 3 and 6 of 7
+    written = [(step, values) for step, values in logger.rows if values]
+    assert [step for step, _ in written] == [2, 5]  # Lightning's logging step: batches done - 1
+    for (_, values), logged in zip(written, (spy.logged[2], spy.logged[5]), strict=True):
+        assert values == pytest.approx(logged)
