@@ -1,7 +1,8 @@
 """The Lightning callback behind ``bench/overhead_paired.py``: the plain loop's steps run between the launcher's.
 
 ``bench/overhead_paired.py`` builds the hand-written loop of bench/plain_loop.py in its process, registers it
-here (``PLAIN``) and then starts the real launcher in the same process with this callback added
+here (``PLAIN``, and the random state right after building it, ``PLAIN_RNG``) and then starts the real launcher
+in the same process with this callback added
 (``+callbacks.interleave._target_=interleave.Interleave``, ``bench/`` on ``PYTHONPATH``). Every ``block``
 launcher steps, at the start of a launcher batch, the callback runs ``block`` plain steps. The two paths
 alternate every second or so and share whatever the machine is doing: slow drift of the CPU's speed, which on
@@ -27,8 +28,6 @@ import torch
 from plain_loop import PlainLoop, batches, to_device
 from step_clock import logging_step, write_json
 
-PLAIN: PlainLoop | None = None  # set by overhead_paired.py before the launcher starts
-
 
 @dataclass
 class RngState:
@@ -52,6 +51,10 @@ class RngState:
             torch.cuda.set_rng_state_all(self.cuda)
 
 
+PLAIN: PlainLoop | None = None  # set by overhead_paired.py before the launcher starts
+PLAIN_RNG: RngState | None = None  # the random state right after the plain loop was built (ditto)
+
+
 class Interleave(L.Callback):
     """Runs ``block`` plain steps before every ``block``-th launcher step; records both paths' step times.
 
@@ -62,10 +65,11 @@ class Interleave(L.Callback):
     """
 
     def __init__(self, out: str, block: int = 10, record_losses: int = 0) -> None:
-        if PLAIN is None:
-            raise RuntimeError("interleave.PLAIN is not set: bench/overhead_paired.py builds it")
+        if PLAIN is None or PLAIN_RNG is None:
+            raise RuntimeError("interleave.PLAIN and PLAIN_RNG are not set: bench/overhead_paired.py sets them")
         self.out, self.block, self.record_losses = out, block, record_losses
-        self.plain_rng = RngState.capture()  # right after the plain loop was built and seeded
+        # Not the state now: the launcher has seeded and drawn (data module, system) since the plain loop was built.
+        self.plain_rng = PLAIN_RNG
         self.plain_batches = batches(PLAIN)
         self.next_plain_batch: Any = None
         self.launcher: list[float] = []

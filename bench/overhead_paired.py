@@ -87,6 +87,7 @@ def child(args: argparse.Namespace) -> int:
 
     cfg = overhead.compose([*args.overrides, f"trainer.max_steps={args.steps}"])
     interleave.PLAIN = build(args.child, cfg)
+    interleave.PLAIN_RNG = interleave.RngState.capture()  # the plain loop's streams go on from here
     sys.argv = ["aigc_lab", *args.overrides, f"trainer.max_steps={args.steps}",
                 "+callbacks.interleave._target_=interleave.Interleave", f"+callbacks.interleave.out={args.out}",
                 f"+callbacks.interleave.block={args.block}", f"+callbacks.interleave.record_losses={args.compare}",
