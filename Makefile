@@ -8,7 +8,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 AIGC_DATA_DIR ?= $(if $(wildcard ../shared/data/mnist),../shared/data,./data)
 export AIGC_DATA_DIR
 
-.PHONY: install train test lint bench-gan bench-mlm bench-overhead bench-startup bench-gpu clean
+.PHONY: install train test lint bench-gan bench-mlm bench-overhead bench-overhead-paired bench-startup bench-gpu clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -38,6 +38,9 @@ bench-mlm: $(VENV)/.installed  ## training tokens/s of our masked LM vs transfor
 
 bench-overhead: $(VENV)/.installed  ## launcher vs a plain PyTorch loop, per step, three presets (~15 min; alone on the machine)
 	$(PY) bench/overhead.py $(ARGS)
+
+bench-overhead-paired: $(VENV)/.installed  ## the same, both paths taking turns in one process (~25 min; alone)
+	$(PY) bench/overhead_paired.py $(ARGS)
 
 bench-startup: $(VENV)/.installed  ## time from the command to the first training step, per phase and per imported package
 	$(PY) bench/startup.py $(ARGS)

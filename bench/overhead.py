@@ -240,6 +240,9 @@ def describe_batch(system: str, cfg) -> str:
 
 def child(args: argparse.Namespace) -> int:
     """(b): build the plain loop from the composed config, train --steps steps, write the step record."""
+    from aigc_lab.utils.malloc import keep_freed_memory
+
+    keep_freed_memory()  # as the launcher's cli() does first: a process-wide setting, not framework work
     # torch, the models and data modules: only in this process
     from plain_loop import build, run
     from step_clock import write_json

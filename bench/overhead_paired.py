@@ -80,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------- one run, in its own process
 def child(args: argparse.Namespace) -> int:
     """Build the plain loop, then run the launcher in this process with the interleaving callback."""
+    from aigc_lab.utils.malloc import keep_freed_memory
+
+    keep_freed_memory()  # before the plain loop's first tensor; cli() below applies it again (the same settings)
     import interleave
     from plain_loop import build
 

@@ -10,7 +10,9 @@ def cli() -> None:
     from aigc_lab.errors import UserError
     from aigc_lab.resume import prepare_argv
     from aigc_lab.train import main
+    from aigc_lab.utils.malloc import keep_freed_memory
 
+    keep_freed_memory()  # before the first tensor: ~1.2x faster steps on CPU (utils/malloc.py)
     try:
         sys.argv = prepare_argv(sys.argv)
     except UserError as err:

@@ -230,7 +230,8 @@ class GANSystem(NonFiniteLossGuard, L.LightningModule):
             return 1.0 if step < decay_from else max(0.0, (total - step) / max(total - decay_from, 1))
 
         schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in (opt_g, opt_d)]
-        return [opt_g, opt_d], [{"scheduler": s, "interval": "step", "name": n} for s, n in zip(schedulers, "gd")]
+        names = ("lr-g", "lr-d")  # the tags LearningRateMonitor logs (plain "g" and "d" said nothing)
+        return [opt_g, opt_d], [{"scheduler": s, "interval": "step", "name": n} for s, n in zip(schedulers, names)]
 
     # ---------------------------------------------------------------- evaluation
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
