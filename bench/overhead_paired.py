@@ -30,16 +30,13 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import overhead
-from overhead import SYSTEMS, describe_batch, max_loss_diff, system_overrides
+from overhead import SYSTEMS, describe_batch, max_loss_diff, run_systems, system_overrides, verdict
 
 BENCH = Path(__file__).resolve().parent
 STEPS = {"gan": 600, "mlm": 200, "seq2seq": 160}  # per path; ~40-80 s of each path per run at the presets
@@ -181,25 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return child(args)
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="aigc-paired-"))
-    env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "AIGC_DATA_DIR") if k in os.environ)
-    print(f"command: {(env + ' ') if env else ''}{shlex.join([sys.executable, *sys.argv])}")
-    print(f"protocol: one process per run, launcher and plain loop alternating every block of steps, {args.runs} "
-          f"runs, {args.warmup} warm-up steps of each path, median step time; os.cpu_count() = {os.cpu_count()}")
-    start = time.perf_counter()
-    try:
-        results = {system: bench_system(args, system, workdir) for system in args.system}
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print()
+    protocol = (f"one process per run, launcher and plain loop alternating every block of steps, {args.runs} runs, "
+                f"{args.warmup} warm-up steps of each path, median step time")
+    results = run_systems(args, bench_system, "aigc-paired-", protocol)
     print_table(results, args.runs)
-    agree = all(r["loss_diff"] <= 1e-4 for r in results.values())
-    met = all(r["ratio"] <= 1.03 for r in results.values())
-    print(f"losses agree (max abs diff <= 1e-4): {'yes' if agree else 'NO'}; target launcher / plain <= 1.03: "
-          f"{'met' if met else 'not met'}; {time.perf_counter() - start:.0f} s in all")
-    return 0 if agree else 1
-
+    return verdict(results, args.started)
 
 if __name__ == "__main__":
     sys.exit(main())
