@@ -19,6 +19,7 @@ from aigc_lab.checkpoints import load_checkpoint, resolve_checkpoint
 from aigc_lab.data.mnist import load_mnist, to_unit_range
 from aigc_lab.generate import load_generator, sample_images
 from aigc_lab.metrics.fid import ClassifierFeatures, load_classifier, make_fid
+from aigc_lab.utils.hardware import machine_line
 
 
 def fid(extractor: ClassifierFeatures, real: torch.Tensor, fake: torch.Tensor, batch: int = 1000) -> float:
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
+    print(machine_line())
 
     root = Path(args.data_dir) / "mnist"
     train_images, _ = load_mnist(root, train=True, download=False)

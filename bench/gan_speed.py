@@ -32,6 +32,7 @@ from hydra.utils import instantiate
 from step_clock import peak_memory_bytes, reset_peak_memory
 
 from aigc_lab.train import conf_dir
+from aigc_lab.utils.hardware import machine_line, resolve_auto
 
 TINY = ("data.batch_size=16", "model.net.g_width=8", "model.net.d_width=8")  # the sizes of tests/runs.py
 TABLE_HEADER = ("| precision | channels_last | Adam kernel | compiled | steps/s | images/s | vs fp32 | compile s "
@@ -72,7 +73,9 @@ class StepTimer(L.Callback):
 
 def preset(overrides: list[str]):
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-        return compose("train", overrides=["experiment=gan_mnist", "paths.output_dir=/tmp", *overrides])
+        cfg = compose("train", overrides=["experiment=gan_mnist", "paths.output_dir=/tmp", *overrides])
+    resolve_auto(cfg)
+    return cfg
 
 
 def optim_overrides(optim: str) -> list[str]:
@@ -145,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     batch = preset(list(TINY) if args.tiny else []).data.batch_size
     rate = {v: statistics.median(m.steps_per_s for m in ms) for v, ms in runs.items()}
     base = rate[Variant("32-true", False)]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch}, "
+    print(machine_line())
+    print(f"batch {batch}, "
           f"median of {args.rounds} rounds x {args.steps} steps after {args.warmup} warm-up steps")
     print(TABLE_HEADER)
     print("|---" * (TABLE_HEADER.count(" | ") + 1) + "|")

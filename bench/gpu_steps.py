@@ -228,9 +228,12 @@ def compose(overrides: list[str]):
     from hydra import initialize_config_dir
 
     from aigc_lab.train import conf_dir
+    from aigc_lab.utils.hardware import resolve_auto
 
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-        return hydra_compose("train", overrides=overrides)
+        cfg = hydra_compose("train", overrides=overrides)
+    resolve_auto(cfg)  # `auto` precision / channels_last / fused: as the launcher resolves them on this machine
+    return cfg
 
 
 def system_overrides(args: argparse.Namespace, system: str) -> list[str]:
@@ -331,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"device: {device}; torch {torch.__version__} (CUDA {torch.version.cuda}), python "
           f"{platform.python_version()}, AIGC_DATA_DIR={os.environ.get('AIGC_DATA_DIR', '(unset: ./data)')}")
+    from aigc_lab.utils.hardware import machine_line
+
+    print(machine_line())
     print(f"protocol: {args.warmup} warm-up + {args.steps} timed steps per system, "
           f"{'launcher callbacks + TensorBoard' if args.callbacks else 'no logger, no callbacks'}, mean step time\n")
     print(TABLE_HEADER)

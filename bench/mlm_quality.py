@@ -58,8 +58,9 @@ from aigc_lab.data.masking import IGNORE_INDEX
 from aigc_lab.data.tokenizer import PAD
 from aigc_lab.errors import UserError
 from aigc_lab.fill_mask import load_mlm
-from aigc_lab.systems.mlm import lr_factor
+from aigc_lab.systems.schedule import lr_factor
 from aigc_lab.train import conf_dir
+from aigc_lab.utils.hardware import machine_line, resolve_auto
 
 # (model, input_ids [B, T], attention_mask [B, T] or None, positions [B, T] bool) -> logits [M, V]
 LogitsFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
@@ -90,7 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def compose_preset(experiment: str, overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-        return compose("train", overrides=[f"experiment={experiment}", *overrides])
+        cfg = compose("train", overrides=[f"experiment={experiment}", *overrides])
+    resolve_auto(cfg)  # `auto` precision: as the launcher resolves it on this machine
+    return cfg
 
 
 def autocast(bf16: bool):
@@ -212,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: {(env + ' ') if env else ''}{shlex.join([sys.executable, *sys.argv])}")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}, "
           f"threads {torch.get_num_threads()}")
+    print(machine_line())
     net = {k: v for k, v in OmegaConf.to_container(cfg.model.net, resolve=True).items() if not k.startswith("_")}
     print(f"preset {args.experiment}: model.net {net}, "
           f"lr {cfg.model.lr}, data {cfg.data.train_files} (vocab {cfg.data.vocab_size}, block {cfg.data.block_size}, "

@@ -48,6 +48,7 @@ from step_clock import peak_memory_bytes, reset_peak_memory
 
 from aigc_lab.data.masking import IGNORE_INDEX, MaskingCollator
 from aigc_lab.models.mlm import MaskedLM, MLMConfig
+from aigc_lab.utils.hardware import machine_line
 
 N_SPECIAL = 5  # [PAD] [UNK] [CLS] [SEP] [MASK] = ids 0-4, as in our tokenizer
 PAD_ID, MASK_ID = 0, 4
@@ -235,20 +236,13 @@ def bench_mode(args: argparse.Namespace, mode: str, batches: list[Batch]) -> dic
     return {**rates, "compile_s": compile_s, "peak_bytes": peak_memory_bytes("cpu")}
 
 
-def cpu_name() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def header(args: argparse.Namespace, batch: Batch) -> None:
     transformers = require_transformers()
     env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ)
     print(f"command: {(env + ' ') if env else ''}{shlex.join([sys.executable, *sys.argv])}")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}, "
-          f"threads {torch.get_num_threads()}, CPU {cpu_name()} ({os.cpu_count()} logical)")
+          f"threads {torch.get_num_threads()}, {os.cpu_count()} logical CPUs")
+    print(machine_line())
     ours, theirs = build("ours", args), build("hf", args)
     mlp = int(args.mlp_ratio * args.width)
     print(f"shape: {args.layers} layers, width {args.width}, {args.heads} heads, MLP {mlp}, "

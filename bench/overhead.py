@@ -226,9 +226,12 @@ def compose(overrides: list[str]):
     from hydra import initialize_config_dir
 
     from aigc_lab.train import conf_dir
+    from aigc_lab.utils.hardware import resolve_auto
 
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-        return hydra_compose("train", overrides=overrides)
+        cfg = hydra_compose("train", overrides=overrides)
+    resolve_auto(cfg)  # `auto` precision / channels_last / fused: as the launcher resolves them on this machine
+    return cfg
 
 
 def describe_batch(system: str, cfg) -> str:
@@ -279,6 +282,9 @@ def run_systems(args: argparse.Namespace, bench: Callable[[argparse.Namespace, s
     env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "AIGC_DATA_DIR") if k in os.environ)
     print(f"command: {(env + ' ') if env else ''}{shlex.join([sys.executable, *sys.argv])}")
     print(f"protocol: {protocol}; os.cpu_count() = {os.cpu_count()}")
+    from aigc_lab.utils.hardware import machine_line
+
+    print(machine_line())
     args.started = time.perf_counter()
     try:
         results = {system: bench(args, system, workdir) for system in args.system}

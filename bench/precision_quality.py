@@ -60,7 +60,10 @@ def main() -> None:
         budget = " ".join(o.split("=", 1)[1] if o.startswith("experiment=") else o for o in overrides)
         rows.append(f"| {system} | {budget} | {metric} | {fp32:.3f} | {bf16:.3f} | {bf16 - fp32:+.3f} | "
                     f"{fp32_wall:.0f} | {bf16_wall:.0f} |")
-    print("\n" + HEADER + "\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+    from aigc_lab.utils.hardware import machine_line
+
+    print("\n" + machine_line())
+    print(HEADER + "\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
 if __name__ == "__main__":

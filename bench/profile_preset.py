@@ -21,6 +21,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from aigc_lab.train import conf_dir
+from aigc_lab.utils.hardware import machine_line, resolve_auto
 
 
 class Window(L.Callback):
@@ -46,6 +47,7 @@ class Window(L.Callback):
 def build(overrides: list[str], out: str, warmup: int, steps: int):
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         cfg = compose("train", overrides=[f"paths.output_dir={out}", *overrides])
+    resolve_auto(cfg)  # `auto` precision / channels_last / fused: as the launcher resolves them on this machine
     data, system = instantiate(cfg.data), instantiate(cfg.model)
     window = Window(warmup, steps)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c and "_target_" in c] + [window]
@@ -66,7 +68,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         trainer, system, data, window = build(args.overrides, out, args.warmup, args.steps)
         trainer.fit(system, datamodule=data)
-    print(f"\n{args.steps} steps profiled in {window.seconds:.2f} s = {1e3 * window.seconds / args.steps:.1f} ms/step "
+    print(f"\n{machine_line()}")
+    print(f"{args.steps} steps profiled in {window.seconds:.2f} s = {1e3 * window.seconds / args.steps:.1f} ms/step "
           f"({torch.get_num_threads()} threads)")
     print_hooks(trainer.profiler.recorded_durations, args.steps, args.rows)
     print_ops(window.prof.key_averages(), window.seconds, args.steps, args.rows)

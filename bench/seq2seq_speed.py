@@ -46,6 +46,7 @@ from aigc_lab.models.decoding import beam_search
 from aigc_lab.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from aigc_lab.systems.mlm import weight_decay_groups
 from aigc_lab.train import conf_dir
+from aigc_lab.utils.hardware import machine_line
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     dm: ParallelDataModule = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup("fit")
-    print(f"{args.experiment}: torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{args.experiment}: {machine_line()}")
     if not args.skip_train:
         bench_train(args, cfg, dm)
     if not args.skip_decode:

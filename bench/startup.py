@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="aigc-startup-"))
     env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "AIGC_DATA_DIR") if k in os.environ)
     print(f"command: {(env + ' ') if env else ''}{shlex.join([sys.executable, *sys.argv])}")
+    from aigc_lab.utils.hardware import machine_line
+
+    print(machine_line())
     try:
         results = {system: bench_system(args, system, workdir) for system in args.system}
     finally:

@@ -14,6 +14,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# `precision: auto` resolves per machine (utils/hardware.py). The suite pins the CPU probe so that it trains the
+# same way on every machine (32-true, as on a CPU without native bf16); tests/test_hardware.py covers each branch.
+# A test process's environment reaches the CLI runs it starts.
+os.environ.setdefault("AIGC_CPU_BF16", "emulated")
+
 
 def write_idx_images(path: Path, images: np.ndarray) -> None:
     """IDX3 (magic 2051): big-endian header then uint8 pixels, as in the MNIST distribution."""

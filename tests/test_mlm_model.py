@@ -80,7 +80,7 @@ def test_overfits_one_batch():
 
 
 def test_warmup_then_decay_schedule():
-    from aigc_lab.systems.mlm import lr_factor
+    from aigc_lab.systems.schedule import lr_factor
 
     cosine = [lr_factor(s, total=100, warmup=10, schedule="cosine", floor=0.1) for s in range(101)]
     assert cosine[0] == pytest.approx(0.1) and cosine[9] == pytest.approx(1.0) and cosine[10] == pytest.approx(1.0)

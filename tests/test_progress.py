@@ -34,3 +34,4 @@ def test_log_lines_every_n_steps(caplog, single_thread):
     lines = [r.getMessage() for r in caplog.records if "steps/s" in r.getMessage()]
     assert [line.split(" |")[0] for line in lines] == ["epoch 0 step 2/6", "epoch 0 step 4/6", "epoch 0 step 6/6"]
     assert all("train/loss" in line for line in lines)
+    assert all(" | eta " in line for line in lines) and lines[-1].split(" | eta ")[1].startswith("0s")

@@ -60,9 +60,11 @@ def evaluate(options: DictConfig, overrides: list[str]) -> dict[str, float]:
     from aigc_lab.checkpoints import check_checkpoint_for
     from aigc_lab.utils.config_check import check_targets
     from aigc_lab.utils.devices import check_trainer_hardware, instantiate_trainer
+    from aigc_lab.utils.hardware import resolve_auto
 
     run_dir = Path(options.run_dir).expanduser().resolve()
     cfg = load_run_config(run_dir, overrides)
+    resolve_auto(cfg)
     check_targets(cfg)
     check_trainer_hardware(cfg.trainer)
     ckpt = pick_checkpoint(run_dir, str(options.ckpt))

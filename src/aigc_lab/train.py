@@ -44,19 +44,21 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     from aigc_lab.checkpoints import check_checkpoint_for
     from aigc_lab.utils.config_check import check_targets
-    from aigc_lab.utils.ddp import prepare_ddp_launch  # (issue 5, DDP)
+    from aigc_lab.utils.ddp import prepare_ddp_launch
     from aigc_lab.utils.devices import check_trainer_hardware, instantiate_trainer
     from aigc_lab.utils.final_metrics import log_hparams_with_metrics, scalar_metrics
+    from aigc_lab.utils.hardware import resolve_auto
     from aigc_lab.utils.run_info import print_config_tree, write_provenance
 
     logging.getLogger("lightning").handlers.clear()  # its own console handler would print each line twice
+    auto_choices = resolve_auto(cfg)  # `auto` precision, channels_last, fused: the values fastest on this machine
     check_targets(cfg)
     check_trainer_hardware(cfg.trainer)
     ckpt_path = cfg.get("ckpt_path")
     run_dir = Path(cfg.paths.output_dir)
     if cfg.get("print_config", True):
         print_config_tree(cfg, save_to=run_dir / "config_tree.log")
-    write_provenance(run_dir, cfg)  # (issue 5) command line, git commit/diff, versions, device: provenance.json
+    write_provenance(run_dir, cfg, auto_choices)  # command line, git commit/diff, versions, device, auto values
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -69,7 +71,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     if ckpt_path and cfg.get("train", True):
         check_checkpoint_for(ckpt_path, system)  # Lightning's own errors: a page of missing keys or a UnicodeError
-    prepare_ddp_launch(cfg.trainer, system)  # (issue 5) DDP ranks start as single runs in this job's folder
+    prepare_ddp_launch(cfg.trainer, system)  # DDP ranks start as single runs in this job's folder
     trainer = instantiate_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams_record(cfg, system))
@@ -86,7 +88,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             log.warning("No best checkpoint was saved: testing the current weights")
         trainer.test(system, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
         test_metrics = dict(trainer.callback_metrics)
-    # (issue 5, sweeps) TensorBoard's HPARAMS entry of this run, with its final metrics
+    # TensorBoard's HPARAMS entry of this run, with its final metrics
     log_hparams_with_metrics(trainer.loggers, hparams_record(cfg, system),
                              scalar_metrics({**fit_metrics, **test_metrics}), trainer.global_step)
     return fit_metrics, test_metrics
@@ -174,7 +176,7 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as err:
         message = _user_message(err)
         mark_run(run_dir, "failed", message or f"{type(err).__name__}: {err}")
-        # (issue 5, sweeps) in a multirun one failed job must not end the others: log it, return NaN
+        # in a multirun one failed job must not end the others: log it, return NaN
         if _in_multirun():
             log.error("Job failed (run dir marked failed: %s): %s", run_dir, message or f"{type(err).__name__}: {err}",
                       exc_info=message is None)
@@ -184,7 +186,7 @@ def main(cfg: DictConfig) -> float | None:
         print(f"\nerror: {message}\n(run dir marked failed: {run_dir}; HYDRA_FULL_ERROR=1 shows the traceback)",
               file=sys.stderr)
         sys.exit(1)
-    # (issue 5, sweeps) final metrics for the sweep summary; a diverged run (NaN/inf) is not a result
+    # final metrics for the sweep summary; a diverged run (NaN/inf) is not a result
     write_metrics(run_dir, scalar_metrics({**fit_metrics, **test_metrics}))
     if value is not None and not math.isfinite(value):
         mark_run(run_dir, "failed", f"diverged: {cfg.optimized_metric} = {value}")
@@ -198,7 +200,7 @@ def _status(run_dir: Path) -> str:
     return status.read_text().split("\n", 1)[0] if status.is_file() else ""
 
 
-def _in_multirun() -> bool:  # (issue 5, sweeps)
+def _in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 

@@ -3,5 +3,6 @@ from aigc_lab.callbacks.progress import LogProgress, progress_bar
 from aigc_lab.callbacks.rng_state import RNGState
 from aigc_lab.callbacks.startup import StartupTimer
 from aigc_lab.callbacks.throughput import Throughput
+from aigc_lab.callbacks.time_budget import TimeBudget
 
-__all__ = ["LogProgress", "Preemption", "progress_bar", "RNGState", "StartupTimer", "Throughput"]
+__all__ = ["LogProgress", "Preemption", "progress_bar", "RNGState", "StartupTimer", "Throughput", "TimeBudget"]

@@ -2,8 +2,8 @@
 
 Rich draws nothing live when stdout is not a terminal (a SLURM log, ``nohup``, a pipe): the log would stay
 empty until the end. There, ``LogProgress`` writes one line every ``every_n_steps`` training steps instead:
-epoch, step (of the total), steps/s and the progress-bar metrics (losses), through the ``aigc_lab`` logger
-(so also into the run dir's ``<task>.log``).
+epoch, step (of the total), steps/s, the time left at that rate and the progress-bar metrics (losses), through
+the ``aigc_lab`` logger (so also into the run dir's ``<task>.log``).
 """
 
 from __future__ import annotations
@@ -56,14 +56,31 @@ class LogProgress(ProgressBar):
         now = time.perf_counter()
         rate = (step - self._since[1]) / max(now - self._since[0], 1e-9)
         self._since = (now, step)
-        total = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
-        log.info("epoch %d step %d%s | %.2f steps/s | %s", trainer.current_epoch, step, total, rate,
-                 _metrics(self.get_metrics(trainer, pl_module)))
+        total = total_steps(trainer)
+        eta = f" | eta {duration(max(total - step, 0) / rate)}" if total and rate > 0 else ""
+        log.info("epoch %d step %d%s | %.2f steps/s%s | %s", trainer.current_epoch, step, f"/{total}" if total else "",
+                 rate, eta, _metrics(self.get_metrics(trainer, pl_module)))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._enabled and not trainer.sanity_checking:
             log.info("validation at step %d | %s", trainer.global_step,
                      _metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}))
+
+
+def total_steps(trainer: L.Trainer) -> int | None:
+    """The fit's planned optimizer steps (``max_steps`` as a time budget revises it, else epochs x batches)."""
+    if trainer.max_steps and trainer.max_steps > 0:
+        return int(trainer.max_steps)
+    estimate = trainer.estimated_stepping_batches
+    return int(estimate) if estimate != float("inf") else None
+
+
+def duration(seconds: float) -> str:
+    """``95.2`` -> ``1m35s``; ``4000`` -> ``1h06m``."""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def _metrics(metrics: dict[str, Any]) -> str:

@@ -88,8 +88,10 @@ def load_classifier(path: str | Path) -> DigitClassifier:
     return model.eval()
 
 
-def build_feature_extractor(kind: str, classifier_path: str, data_dir: str) -> nn.Module | None:
-    """The FID feature module for ``kind``; trains and caches the classifier when it is missing."""
+def build_feature_extractor(kind: str, classifier_path: str, data_dir: str, precision: str = "auto",
+                            accelerator: str = "auto") -> nn.Module | None:
+    """The FID feature module for ``kind``; trains and caches the classifier when it is missing, with the
+    GAN run's ``precision`` and ``accelerator``."""
     if kind not in FEATURE_KINDS:
         raise ConfigError(f"fid_features must be one of {FEATURE_KINDS}, got {kind!r}")
     if kind == "none":
@@ -99,8 +101,8 @@ def build_feature_extractor(kind: str, classifier_path: str, data_dir: str) -> n
     if not Path(classifier_path).expanduser().exists():
         from aigc_lab.systems.classifier import train_feature_classifier
 
-        log.warning("FID classifier not found at %s: training it now (about a minute on a CPU)", classifier_path)
-        train_feature_classifier(data_dir=data_dir, export_path=classifier_path)
+        train_feature_classifier(data_dir=data_dir, export_path=classifier_path, precision=precision,
+                                 accelerator=accelerator)
     return ClassifierFeatures(load_classifier(classifier_path))
 
 

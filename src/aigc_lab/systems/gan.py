@@ -27,9 +27,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.optim.swa_utils import AveragedModel
 from torchvision.utils import make_grid
 
+from aigc_lab.errors import ConfigError
 from aigc_lab.metrics.fid import FEATURE_KINDS, ClassifierFeatures, build_feature_extractor, make_fid
 from aigc_lab.models.gan import Discriminator, GANConfig, Generator, init_dcgan_weights
 from aigc_lab.systems.guards import NonFiniteLossGuard, check_policy
+from aigc_lab.systems.schedule import constant_then_linear, planned_steps
 from aigc_lab.systems.step_logs import logs_written_this_step
 from aigc_lab.utils.validate import at_least, in_interval, one_of, optimizer_lr, positive
 
@@ -77,6 +79,9 @@ class GANSystem(NonFiniteLossGuard, L.LightningModule):
         in_interval("model.lr_decay_start", lr_decay_start, 0, 1)
         in_interval("model.ema_decay", ema_decay, 0, 1, "[)", optional=True)
         positive("model.clip_grad_norm", clip_grad_norm, optional=True)
+        if not isinstance(channels_last, bool):
+            raise ConfigError(f"model.channels_last={channels_last!r}: true or false (`auto` is resolved by the "
+                              f"launcher, utils.hardware.resolve_auto)")
         one_of("model.fid_features", fid_features, FEATURE_KINDS)
         positive("model.grid_columns", grid_columns)
         in_interval("model.confident_threshold", confident_threshold, 0, 1, "(]")
@@ -143,7 +148,8 @@ class GANSystem(NonFiniteLossGuard, L.LightningModule):
             self.label_prior.copy_(counts / counts.sum())
         if self.fid is None and self.hparams.fid_features != "none":
             extractor = build_feature_extractor(
-                self.hparams.fid_features, self.hparams.classifier_path, self.hparams.data_dir
+                self.hparams.fid_features, self.hparams.classifier_path, self.hparams.data_dir,
+                precision=str(self.trainer.precision), accelerator=self.device.type,
             )
             self.fid = make_fid(extractor).to(self.device)
         if self.hparams.channels_last:
@@ -223,12 +229,7 @@ class GANSystem(NonFiniteLossGuard, L.LightningModule):
         opt_g = self.hparams.optimizer_g(self.generator.parameters())
         opt_d = self.hparams.optimizer_d(self.discriminator.parameters())
         # Manual optimization: training_step steps these once per batch (= per global step).
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        decay_from = int(self.hparams.lr_decay_start * total)
-
-        def factor(step: int) -> float:
-            return 1.0 if step < decay_from else max(0.0, (total - step) / max(total - decay_from, 1))
-
+        factor = constant_then_linear(planned_steps(self.trainer), self.hparams.lr_decay_start)
         schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in (opt_g, opt_d)]
         names = ("lr-g", "lr-d")  # the tags LearningRateMonitor logs (plain "g" and "d" said nothing)
         return [opt_g, opt_d], [{"scheduler": s, "interval": "step", "name": n} for s, n in zip(schedulers, names)]

@@ -30,6 +30,7 @@ from aigc_lab.data.tokenizer import MASK, SPECIAL_TOKENS, tokenizer_from_json
 from aigc_lab.errors import UserError
 from aigc_lab.models.mlm import MaskedLM, MLMConfig
 from aigc_lab.systems.guards import NonFiniteLossGuard, check_policy
+from aigc_lab.systems.schedule import planned_steps, warmup_then_decay
 from aigc_lab.utils.validate import at_least, in_interval, net_config, one_of, optimizer_lr, positive
 
 Batch = dict[str, torch.Tensor]  # input_ids [B, T], labels [B, T], attention_mask [B, T] (when padded)
@@ -128,9 +129,8 @@ class MLMSystem(NonFiniteLossGuard, L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = self.hparams.optimizer(weight_decay_groups(self))  # curves: lr/decay, lr/no_decay
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        factor = partial(lr_factor, total=total, warmup=int(self.hparams.warmup_ratio * total),
-                         schedule=self.hparams.schedule, floor=self.hparams.min_lr_ratio)
+        factor = warmup_then_decay(planned_steps(self.trainer), self.hparams.warmup_ratio, self.hparams.schedule,
+                                   self.hparams.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
@@ -207,21 +207,6 @@ def weight_decay_groups(module: torch.nn.Module) -> list[dict]:
     decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in module.parameters() if p.requires_grad and p.ndim < 2]
     return [{"params": decay, "name": "decay"}, {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str, floor: float) -> float:
-    """Multiplier of the peak learning rate: linear warm-up over ``warmup`` steps, then decay to ``floor``:
-    cosine or linear over the remaining steps, none (constant), or inverse_sqrt: sqrt(warmup / step)
-    (Vaswani et al., 2017; 1 at the end of the warm-up, with no end point, floored at ``floor``)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    if schedule == "inverse_sqrt":
-        return max(floor, math.sqrt(max(warmup, 1) / max(step, 1)))
-    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
-    return floor + (1.0 - floor) * shape
 
 
 @torch.no_grad()

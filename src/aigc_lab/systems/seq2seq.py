@@ -2,7 +2,7 @@
 
 Training: teacher forcing ([BOS] y_1 .. y_{T-1} -> y_1 .. y_T [EOS]) with label-smoothed cross-entropy
 over the non-pad target tokens; AdamW with weight decay on matrices only, linear warm-up then
-inverse-sqrt, cosine, linear or no decay (``systems.mlm.lr_factor``); gradient clipping by
+inverse-sqrt, cosine, linear or no decay (``systems.schedule.lr_factor``); gradient clipping by
 ``trainer.gradient_clip_val``.
 
 Validation and test: ``{stage}/loss`` is the plain (unsmoothed) token cross-entropy summed over the whole
@@ -39,7 +39,8 @@ from aigc_lab.errors import UserError
 from aigc_lab.models.decoding import search
 from aigc_lab.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from aigc_lab.systems.guards import NonFiniteLossGuard, check_policy
-from aigc_lab.systems.mlm import lr_factor, weight_decay_groups
+from aigc_lab.systems.mlm import weight_decay_groups
+from aigc_lab.systems.schedule import planned_steps, warmup_then_decay
 from aigc_lab.utils.validate import at_least, in_interval, net_config, one_of, optimizer_lr, positive
 
 Triple = tuple[str, str, str]  # (source, reference, hypothesis)
@@ -145,9 +146,8 @@ class Seq2SeqSystem(NonFiniteLossGuard, L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = self.hparams.optimizer(weight_decay_groups(self))  # curves: lr/decay, lr/no_decay
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        factor = partial(lr_factor, total=total, warmup=int(self.hparams.warmup_ratio * total),
-                         schedule=self.hparams.schedule, floor=self.hparams.min_lr_ratio)
+        factor = warmup_then_decay(planned_steps(self.trainer), self.hparams.warmup_ratio, self.hparams.schedule,
+                                   self.hparams.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 

@@ -56,14 +56,16 @@ PACKAGES = ("torch", "lightning", "hydra-core", "omegaconf", "torchmetrics", "to
 
 
 @rank_zero_only
-def write_provenance(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
+def write_provenance(run_dir: Path, cfg: DictConfig, auto: Sequence[Any] = ()) -> dict[str, Any]:
     """Record what made the run in ``<run_dir>/provenance.json``: one entry per launch (a resumed run adds
     one) with the command line, git commit, package versions, device and precision. A dirty work tree's
     ``git diff HEAD`` is saved beside it as ``git_diff.patch`` (``git_diff.<n>.patch`` for launch n > 0).
-    The resolved config itself is Hydra's ``.hydra/config.yaml`` and ``config_tree.log``."""
+    ``auto``: the ``auto`` settings resolved for this machine (``utils.hardware.Choice``): key, value, reason.
+    The config as composed is Hydra's ``.hydra/config.yaml``; ``config_tree.log`` shows it with ``auto`` resolved."""
     path = run_dir / PROVENANCE
     launches = json.loads(path.read_text()).get("launches", []) if path.is_file() else []
     record = launch_record(cfg)
+    record["auto"] = {c.key: {"value": c.value, "reason": c.reason} for c in auto}
     git = git_state(Path(__file__).resolve().parent)  # the tree this code runs from, not the cwd
     diff = git.pop("diff", None)
     if diff:
@@ -112,10 +114,12 @@ def device_info(cfg: DictConfig) -> dict[str, Any]:
     """What the trainer was asked for (accelerator, devices, strategy, precision) and what the machine has."""
     import torch
 
+    from aigc_lab.utils.hardware import cpu_kind
+
     trainer = cfg.get("trainer") or {}
     info: dict[str, Any] = {key: _plain(trainer.get(key)) for key in
                             ("accelerator", "devices", "num_nodes", "strategy", "precision")}
-    info.update(cpu=_cpu_name(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads())
+    info.update(cpu=cpu_kind().as_dict(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads())
     if torch.cuda.is_available():
         info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         info["cuda"] = torch.version.cuda
@@ -143,16 +147,6 @@ def _version(dist: str) -> str | None:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _plain(value: Any) -> Any:
