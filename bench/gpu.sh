@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The three presets for a fixed number of steps on one CUDA GPU in bf16-mixed: a table of step time, samples or
-# tokens/s, MFU and peak GPU memory (bench/gpu_steps.py; its docstring documents the FLOP formulas). Under
+# The three presets for a fixed number of steps on one CUDA GPU, in the precision `auto` picks (bf16-mixed on a
+# GPU with native bf16): a table of step time, samples or tokens/s, MFU and peak GPU memory (bench/gpu_steps.py; its docstring documents the FLOP formulas). Under
 # 8 minutes on one modern GPU (a hard limit stops it there). Without a GPU it fails with one line.
 #
 #   bench/gpu.sh                       # from the repo root or anywhere; real data from $AIGC_DATA_DIR, else synthetic

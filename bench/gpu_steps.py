@@ -8,11 +8,11 @@ model-FLOPs utilisation (MFU) and peak GPU memory. Started by bench/gpu.sh (whic
 
 Per system: the preset's data module and system (``instantiate`` of the composed config, as the launcher does)
 trained by a Lightning ``Trainer`` from the preset's trainer config with ``accelerator=gpu, devices=1``,
-``--precision`` (bf16-mixed), ``max_steps = --warmup + --steps``, no validation, no sanity check, no
-checkpoints, no logger and no progress bar (``--callbacks``: the preset's callbacks but checkpointing, and
-TensorBoard into a temporary dir, i.e. what ``python -m aigc_lab`` adds). The clock starts at the first batch
-after the warm-up and stops at the end of the last step, each after ``torch.cuda.synchronize()``; the step
-time is the mean over the timed steps. Batches of the timed steps are kept and counted after training, so that
+``--precision`` (auto: bf16-mixed on a GPU with native bf16), ``max_steps = --warmup + --steps``, no validation,
+no sanity check, no checkpoints, no logger and no progress bar (``--callbacks``: the preset's callbacks but
+checkpointing, and TensorBoard into a temporary dir, i.e. what ``python -m aigc_lab`` adds). The clock starts at
+the first batch after the warm-up and stops at the end of the last step, each after ``torch.cuda.synchronize()``;
+the step time is the mean over the timed steps. Batches of the timed steps are kept and counted after training, so that
 counting adds no host-device synchronisation to the timed steps (images as meta tensors: no memory; token
 batches as they are: ~100 kB each, within the peak memory).
 
@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     p.add_argument("--steps", type=int, default=None, help="timed steps per system (default 200; --cpu: 6)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 20; --cpu: 2)")
-    p.add_argument("--precision", default="bf16-mixed")
+    p.add_argument("--precision", default="auto", help="trainer.precision; auto: as the launcher resolves it")
     p.add_argument("--peak-flops", type=float, default=None, help="device peak FLOP/s for MFU (default: the table)")
     p.add_argument("--callbacks", action="store_true",
                    help="add the launcher's default callbacks (not checkpointing) and TensorBoard logging")
@@ -285,11 +285,12 @@ def run_system(args: argparse.Namespace, system: str) -> dict[str, Any]:
     samples = sum(tp.batch_size(b) for b in window.batches)
     tokens = sum(count_tokens(b) for b in window.batches) if count_tokens else None
     flops = sum(count_flops(b) or 0 for b in window.batches)
-    available = args.peak_flops or tp.dense_peak(device, args.precision)
+    precision = str(cfg.trainer.precision)  # resolved from `auto` by compose()
+    available = args.peak_flops or tp.dense_peak(device, precision)
     if available is None and device.type == "cuda":
-        available = get_available_flops(device, torch.bfloat16 if "bf16" in args.precision else torch.float32)
+        available = get_available_flops(device, torch.bfloat16 if "bf16" in precision else torch.float32)
     result = {
-        "experiment": str(overrides[0]).split("=", 1)[1], "data": source, "precision": args.precision,
+        "experiment": str(overrides[0]).split("=", 1)[1], "data": source, "precision": precision,
         "batch": describe_batch(system, cfg), "step_ms": 1e3 * window.seconds / args.steps,
         "samples_s": samples / window.seconds, "tokens_s": tokens / window.seconds if tokens is not None else None,
         "tflops": flops / window.seconds / 1e12, "mfu": flops / window.seconds / available if available else None,

@@ -41,6 +41,7 @@ from aigc_lab.models.seq2seq import Seq2SeqTransformer
 from aigc_lab.systems.gan import bce_logits, ema_with_warmup
 from aigc_lab.systems.mlm import weight_decay_groups
 from aigc_lab.systems.schedule import lr_factor
+from aigc_lab.utils.hardware import resolve_auto
 
 Losses = dict[str, torch.Tensor]  # "train/loss" (or "train/loss_d", "train/loss_g") -> a 0-d tensor
 Step = Callable[[Any], Losses]
@@ -264,7 +265,8 @@ def trainer_device(cfg: DictConfig) -> torch.device:
 
 def build(system: str, cfg: DictConfig, device: torch.device | str | None = None) -> PlainLoop:
     """Seed as the launcher does, then build the system's loop (random draws in the launcher's order) on
-    ``device`` (default: where the trainer config would train)."""
+    ``device`` (default: where the trainer config would train). ``auto`` settings resolve as in the launcher."""
+    resolve_auto(cfg)
     seed_all(int(cfg.seed))
     return BUILDERS[system](cfg, torch.device(device) if device is not None else trainer_device(cfg))
 

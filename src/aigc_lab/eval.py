@@ -64,9 +64,9 @@ def evaluate(options: DictConfig, overrides: list[str]) -> dict[str, float]:
 
     run_dir = Path(options.run_dir).expanduser().resolve()
     cfg = load_run_config(run_dir, overrides)
+    check_trainer_hardware(cfg.trainer)
     resolve_auto(cfg)
     check_targets(cfg)
-    check_trainer_hardware(cfg.trainer)
     ckpt = pick_checkpoint(run_dir, str(options.ckpt))
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)

@@ -51,9 +51,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     from aigc_lab.utils.run_info import print_config_tree, write_provenance
 
     logging.getLogger("lightning").handlers.clear()  # its own console handler would print each line twice
+    check_trainer_hardware(cfg.trainer)
     auto_choices = resolve_auto(cfg)  # `auto` precision, channels_last, fused: the values fastest on this machine
     check_targets(cfg)
-    check_trainer_hardware(cfg.trainer)
     ckpt_path = cfg.get("ckpt_path")
     run_dir = Path(cfg.paths.output_dir)
     if cfg.get("print_config", True):

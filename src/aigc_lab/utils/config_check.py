@@ -20,6 +20,9 @@ from omegaconf.errors import InterpolationKeyError, InterpolationResolutionError
 from aigc_lab.errors import ConfigError
 
 _HYDRA_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
+# Settings whose value may be `auto`: resolved for the machine at launch (utils/hardware.py), so valid in a config
+# whatever the target's type hint says.
+_AUTO_KEYS = {"precision", "channels_last", "fused"}
 
 
 def check_targets(cfg: DictConfig) -> None:
@@ -65,6 +68,8 @@ def _check_node(node: Mapping, prefix: str) -> None:
         annotation = params[key].annotation
         if isinstance(value, Mapping) and "_target_" in value:
             continue  # instantiated to an object: its own keys are checked on its node
+        if key in _AUTO_KEYS and value == "auto":
+            continue
         if _matches(value, annotation) is False:
             raise ConfigError(
                 f"{prefix}{key}: expected {_type_name(annotation)}, got {value!r} ({type(value).__name__})"

@@ -15,6 +15,7 @@ from aigc_lab.errors import ConfigError
 ALIASES = {"64": "64-true", "32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}  # Lightning's short forms
 # What runs on a CPU as asked: fp16 autocast does not exist there, Transformer Engine is NVIDIA-only.
 CPU_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-true", "64-true")
+LIGHTNING_PRECISIONS = (*CPU_PRECISIONS, "16-mixed", "transformer-engine", "transformer-engine-float16")
 
 
 def check_trainer_hardware(trainer: Mapping[str, Any]) -> None:
@@ -28,13 +29,13 @@ def check_trainer_hardware(trainer: Mapping[str, Any]) -> None:
     if on_cpu:
         check_cpu_devices(trainer.get("devices", "auto"))
     precision = trainer.get("precision")
-    if precision is None:
-        return
+    if precision is None or str(precision) == "auto":
+        return  # utils.hardware.resolve_auto picks one this device runs
     precision = ALIASES.get(str(precision), str(precision))
     on_gpu = gpus > 0 and accelerator in ("gpu", "cuda", "auto")
-    if on_cpu and precision not in CPU_PRECISIONS:
+    if on_cpu and precision in LIGHTNING_PRECISIONS and precision not in CPU_PRECISIONS:
         raise ConfigError(f"trainer.precision={trainer.get('precision')} cannot run on a CPU: use bf16-mixed "
-                          f"or 32-true (or run on a GPU with trainer.accelerator=gpu)")
+                          f"or 32-true (auto picks the faster here; or run on a GPU with trainer.accelerator=gpu)")
     if on_gpu and precision.startswith("bf16") and not torch.cuda.is_bf16_supported(including_emulation=False):
         raise ConfigError(f"trainer.precision={precision}: this GPU ({torch.cuda.get_device_name(0)}) has no "
                           f"bfloat16 support: use 16-mixed or 32-true")

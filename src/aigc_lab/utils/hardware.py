@@ -168,6 +168,8 @@ def resolve_auto(cfg: Any) -> list[Choice]:
     if trainer is None:
         return []
     device = device_type(trainer.get("accelerator"))
+    if device == "cuda" and not torch.cuda.is_available():
+        return []  # nothing to resolve for: the launcher's hardware check says there is no GPU
     choices: list[Choice] = []
     with open_dict(cfg):
         if str(trainer.get("precision")) == AUTO:
