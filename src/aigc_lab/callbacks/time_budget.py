@@ -77,14 +77,19 @@ class TimeBudget(L.Callback):
             return
         elapsed = self.elapsed()
         done = step - self._mark[1]
+        projected = self.projected
         if done > 0:
             rate = done / (now - self._mark[0])  # steps per wall second since the mark, validations included
             projected = step + int(max(self.budget_s - elapsed, 0.0) * rate)
             if self.planned is not None:
                 projected = min(projected, self.planned)
-            self.projected = max(projected, step)
+            projected = max(projected, step)
+        stop = elapsed >= self.budget_s or (projected is not None and step >= projected)
+        # Every rank follows rank zero's clock: ranks that stopped at different steps would hang in a collective.
+        self.projected, stop = trainer.strategy.broadcast((projected, stop), src=0)
+        if self.projected is not None:
             trainer.fit_loop.epoch_loop.max_steps = self.projected
-        if elapsed >= self.budget_s or step >= trainer.max_steps:
+        if stop:
             trainer.fit_loop.epoch_loop.max_steps = step
             trainer.should_stop = True  # Lightning validates once more, then ends the fit
 

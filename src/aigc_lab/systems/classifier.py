@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from aigc_lab.metrics.fid import save_classifier
 from aigc_lab.models.classifier import ClassifierConfig, DigitClassifier
 from aigc_lab.systems.guards import NonFiniteLossGuard, check_policy
+from aigc_lab.utils.hardware import device_type, resolve_precision
 from aigc_lab.utils.validate import at_least, optimizer_lr
 
 log = logging.getLogger("aigc_lab")
@@ -95,19 +96,29 @@ def random_shift(images: torch.Tensor, max_shift: int) -> torch.Tensor:
 
 
 def train_feature_classifier(data_dir: str, export_path: str | Path, precision: str = "auto",
-                             accelerator: str = "auto", max_epochs: int = 2) -> float:
+                             accelerator: str = "auto", max_epochs: int = 2, seed: int = 0) -> float:
     """Train the FID classifier with the defaults of ``experiment=mnist_classifier``; return its test accuracy.
 
     Used when a GAN run needs the cached classifier and it is missing, so that a first
     ``python -m aigc_lab experiment=gan_mnist`` works without a separate step. ``precision`` and ``accelerator``:
     the GAN run's (``auto`` resolves as for any run, ``utils/hardware.py``); one device. Progress shows as in the
     main run: Rich bars in a terminal, a log line every 50 steps (with the time left) in a batch job.
+
+    The classifier defines the FID's feature space, so it is trained from its own ``seed``, whatever run asks for
+    it: every machine gets the same network (up to its arithmetic), and the asking run's random streams are
+    left as they were.
     """
+    device = device_type(accelerator)
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device == "cuda" else []):
+        torch.manual_seed(seed)
+        return _train_feature_classifier(data_dir, export_path, precision, device, max_epochs)
+
+
+def _train_feature_classifier(data_dir: str, export_path: str | Path, precision: str, device: str,
+                              max_epochs: int) -> float:
     from aigc_lab.callbacks.progress import duration, progress_bar
     from aigc_lab.data.mnist import MNISTDataModule
-    from aigc_lab.utils.hardware import device_type, resolve_precision
 
-    device = device_type(accelerator)
     if precision == "auto":
         precision = resolve_precision(device).value
     data = MNISTDataModule(data_dir, batch_size=128)
