@@ -125,9 +125,9 @@ def _train_feature_classifier(data_dir: str, export_path: str | Path, precision:
     data.prepare_data()
     data.setup("fit")
     steps = max_epochs * (len(data.train_set) // data.hparams.batch_size)
-    log.info("FID feature classifier not found at %s: training it now, once (%d epochs = %d steps, %s on %s; "
+    log.info("FID feature classifier not found at %s: training it now, once (%d steps in %d epoch%s, %s on %s; "
              "a few minutes on a 2-core CPU, the time left shows as it trains); every later GAN run reuses it",
-             export_path, max_epochs, steps, precision, device)
+             export_path, steps, max_epochs, "" if max_epochs == 1 else "s", precision, device)
     system = ClassifierSystem(
         ClassifierConfig(), partial(torch.optim.AdamW, lr=3e-3, weight_decay=1e-4), export_path=str(export_path)
     )
