@@ -95,6 +95,12 @@ def _tsv(b, train: Path) -> tuple[str, ...]:
             f"data.val_file={b.good_tsv}", "data.test_file=null")
 
 
+def _header_only_tsv(b) -> Path:
+    path = b.root / "header.tsv"
+    path.write_text("source\ttarget\n", encoding="utf-8")
+    return path
+
+
 # (id, entry module, its command line and extra environment from the `bad` fixture, the message: every part
 # must appear in stderr)
 NONE: Callable[[SimpleNamespace], dict] = lambda b: {}  # noqa: E731
@@ -108,6 +114,11 @@ CASES = [
      ("model.net.widht: unknown key for aigc_lab.models.gan.GANConfig (known keys: latent_dim",)),
     ("wrong_type", "aigc_lab", lambda b: (*GAN, "trainer.max_epochs=abc"), NONE,
      ("trainer.max_epochs: expected int or None, got 'abc' (str)",)),
+    ("seed_not_an_integer", "aigc_lab", lambda b: (*GAN, "seed=abc"), NONE,
+     ("seed: expected an integer or null (e.g. seed=42), got 'abc' (str)",)),
+    ("log_sweep_from_zero", "aigc_lab", lambda b: ("hparams_search=mlm_optuna", "model.lr=tag(log, interval(0, 1e-3))"),
+     NONE, ("model.lr=tag(log, interval(0, 1e-3)): a log scale needs a lower bound > 0, got 0.0. Fix: start it "
+            "above 0, e.g. model.lr=tag(log, interval(1e-06, 0.001)), or drop the log tag",)),
     ("groups_that_do_not_fit", "aigc_lab", lambda b: _mlm(b, "model=seq2seq"), NONE,
      ("model.net.max_len: Interpolation key 'data.max_len' not found", "do the groups fit together")),
     ("system_with_another_datamodule", "aigc_lab",
@@ -156,6 +167,9 @@ CASES = [
     ("tsv_without_tabs", "aigc_lab", lambda b: _tsv(b, b.no_tab_tsv), NONE,
      ("no usable source<TAB>target pair in", "no_tab.tsv (data.train_file): 3 lines, skipped no tab: 3",
       "Each line needs a source, one tab and a target")),
+    ("tsv_header_only", "aigc_lab", lambda b: _tsv(b, _header_only_tsv(b)), NONE,
+     ("header.tsv (data.train_file) holds only 1 pair: less than one training batch (data.max_tokens=4096 padded "
+      "tokens), so every step would repeat the same batch. Fix: give data.train_file many more pairs",)),
     ("tokenizer_missing", "aigc_lab", lambda b: _mlm(b, f"data.tokenizer_path={b.root / 'nope.json'}"), NONE,
      ("tokenizer not found:", "nope.json (data.tokenizer_path: give a saved tokenizer.json)")),
     # --- checkpoints given to training (resume.py, checkpoints.check_checkpoint_for)

@@ -6,18 +6,22 @@ import sys
 
 
 def cli() -> None:
-    """Rewrite a resuming command line into the run's own folder and overrides (resume.py), then start Hydra."""
+    """Rewrite a resuming command line into the run's own folder and overrides and check it whole before
+    anything is written there (resume.py), then start Hydra."""
     from aigc_lab.errors import UserError
-    from aigc_lab.resume import prepare_argv
+    from aigc_lab.resume import launch_argv
     from aigc_lab.train import main
     from aigc_lab.utils.malloc import keep_freed_memory
 
     keep_freed_memory()  # before the first tensor: ~1.2x faster steps on CPU (utils/malloc.py)
     try:
-        sys.argv = prepare_argv(sys.argv)
+        sys.argv = launch_argv(sys.argv)
     except UserError as err:
         print(f"\nerror: {err}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl+C while a resume is checked: nothing was written yet
+        print("\ninterrupted (Ctrl+C) before the launch: nothing was written", file=sys.stderr)
+        sys.exit(130)
     main()
 
 

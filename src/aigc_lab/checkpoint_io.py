@@ -10,6 +10,8 @@ target (atomic on POSIX and Windows within one file system) and fsyncs the folde
 either the previous complete checkpoint or the new complete one. A failed write removes its temp file and
 leaves the previous checkpoint untouched; the temp files of a killed process are removed by the next save
 into that folder. Temp names end in ``.tmp``, so nothing that globs ``*.ckpt`` mistakes them for checkpoints.
+The temp file gets the mode of any file a run writes (0666 less the umask), not ``mkstemp``'s 0600, so a
+checkpoint is as readable as the rest of its run dir.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-import tempfile
+import secrets
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ def atomic_save(obj: Any, path: Path) -> None:
     _remove_stale_temps(folder)
     temp = None
     try:
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+        fd, temp = _create_temp(folder, path.name)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -67,6 +69,19 @@ def atomic_save(obj: Any, path: Path) -> None:
                else "check that the run dir is writable and resume the run")
         raise UserError(f"{what} while writing checkpoint {path}; {_previous(path)}. Fix: {fix}") from err
     _fsync_folder(folder)  # makes the rename itself durable
+
+
+def _create_temp(folder: Path, name: str) -> tuple[int, str]:
+    """A new ``.<name>.<pid>.<random>.tmp`` in ``folder``, open for writing: (file descriptor, path). Its mode is
+    0666 less the umask, like any file ``open()`` creates; O_EXCL never reuses a file that exists."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        temp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(temp, flags, 0o666), temp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temp file name", str(folder))
 
 
 def _os_error(err: BaseException) -> OSError | None:

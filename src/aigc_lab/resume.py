@@ -1,18 +1,32 @@
 """Resume a run in its own folder: ``python -m aigc_lab ckpt_path=last|<run dir>|<file.ckpt> [overrides]``.
 
 Hydra picks the output dir before any of our code runs, so resuming is a rewrite of the command line
-(``prepare_argv``, called by the entry points before Hydra starts):
+(``launch_argv``, called by the launcher before Hydra starts; ``prepare_argv`` is the rewrite alone):
 
 - ``ckpt_path=last``: the newest run of this task (``outputs/<task_name>/runs/*``, by start time) that
   saved a checkpoint; ``ckpt_path=<run dir>``: that run; both resume from its ``checkpoints/last.ckpt``
   (else its newest checkpoint); ``ckpt_path=<file.ckpt>`` inside a run dir: that run, from that file. A
   checkpoint outside any run dir starts a new run from it.
 - The rewritten command names the checkpoint file, adds ``hydra.run.dir=<that run dir>`` (same folder,
-  same TensorBoard run, the same ``.hydra/``, log and checkpoints, with ``STATUS`` and
-  ``provenance.json`` updated) and the run's original overrides from ``<run dir>/.hydra/overrides.yaml``,
+  same TensorBoard run, log and checkpoints) and the run's overrides from its latest launch (see below),
   except those whose key the command repeats: ``ckpt_path=last trainer.max_steps=4000`` resumes the run
   with its own experiment and settings and a longer budget. A command that sets ``hydra.run.dir`` itself
   (a DDP child process, or forking a run into another folder) gets only the checkpoint resolved.
+
+A resume into an existing run dir is checked whole before a byte is written there (``check_launch``): the
+command's config is composed as Hydra will compose it and goes through the checks ``train`` makes (keys,
+types and ranges of every ``_target_`` node, devices and precision on this machine, the datamodule, the
+checkpoint's kind and network against the system, callbacks, the trainer, the data's ``prepare_data``). A
+refused command prints one line, exits with code 1 and leaves the folder byte-identical; a config that does
+not compose is left to Hydra, which stops on it before it writes anything.
+
+An accepted resume keeps the record of the launch that made the run: ``.hydra/`` and ``config_tree.log``
+stay as the first launch wrote them (the command adds ``hydra.output_subdir=null``, so Hydra writes no
+``.hydra/``). Launch ``n`` (1 for the first resume; the count of ``provenance.json``'s launches before it)
+writes its own beside them: ``.hydra.<n>/`` (``config.yaml``, ``hydra.yaml``, ``overrides.yaml``, as Hydra
+writes them), ``config_tree.<n>.log`` and, for a dirty work tree, ``git_diff.<n>.patch``; ``provenance.json``
+gets one entry per launch and ``STATUS`` follows the latest. A later resume repeats the overrides of the
+newest ``.hydra.<n>/`` (else ``.hydra/``).
 
 Lightning then restores weights, optimizers, schedulers and the loops (step, epoch); the ``RNGState``
 callback restores the random number generators. Under ``--multirun`` only a checkpoint file is accepted
@@ -21,10 +35,14 @@ callback restores the random number generators. Under ``--multirun`` only a chec
 
 from __future__ import annotations
 
+import copy
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hydra.errors import HydraException
+from omegaconf import DictConfig
 
 from aigc_lab.errors import UserError
 
@@ -32,31 +50,101 @@ KEY = "ckpt_path"
 _PLAIN = re.compile(r"[\w./:@+%-]+")  # override values that need no quotes in Hydra's grammar
 
 
+def launch_argv(argv: list[str]) -> list[str]:
+    """``prepare_argv``; a resume into an existing run dir is checked first (``check_launch``, a refusal raises
+    UserError) and gets ``hydra.output_subdir=null``, so that Hydra keeps the run's ``.hydra/``."""
+    out, run_dir = _rewrite(argv)
+    if run_dir is None:
+        return out
+    check_launch(out, run_dir)
+    if any(_key_of(arg) == "hydra.output_subdir" for arg in out[1:]):
+        return out
+    return [*out, "hydra.output_subdir=null"]
+
+
 def prepare_argv(argv: list[str]) -> list[str]:
     """``argv`` (``sys.argv``) rewritten to resume into the checkpoint's run dir; unchanged without ``ckpt_path``."""
+    return _rewrite(argv)[0]
+
+
+def _rewrite(argv: list[str]) -> tuple[list[str], Path | None]:
+    """(the rewritten argv, the existing run dir it resumes into, or None)."""
     parsed = _parse(argv[1:])
     if parsed is None:
-        return argv  # not ours to judge: Hydra reports the malformed command line itself
-    multirun, overrides = parsed
+        return argv, None  # not ours to judge: Hydra reports the malformed command line itself
+    ns, overrides = parsed
     given = next((o for o in overrides if o.key_or_group == KEY and not o.is_delete()), None)
     value = None if given is None else given.value()
     if value is None or not isinstance(value, str):
-        return argv
-    if multirun:
+        return argv, None
+    if ns.multirun:
         if value == "last" or Path(value).is_dir():
             raise UserError(f"{KEY}={value} resumes one run: not with --multirun (give a .ckpt file to start "
                             f"every job from it)")
-        return argv
+        return argv, None
     try:
         run_dir, ckpt = locate(value, [o.input_line for o in overrides if o is not given])
     except HydraException:
-        return argv  # a config that does not compose: Hydra stops on it next, with its own message
+        return argv, None  # a config that does not compose: Hydra stops on it next, with its own message
     out = [f"{KEY}={quote(ckpt)}" if arg == given.input_line else arg for arg in argv]
     if run_dir is None or any(o.key_or_group == "hydra.run.dir" for o in overrides):
-        return out  # a new run, or the folder is chosen already (e.g. a DDP child of a resumed run)
+        return out, None  # a new run, or the folder is chosen already (e.g. a DDP child of a resumed run)
     repeated = {_key(o) for o in overrides}
     out += [o for o in original_overrides(run_dir) if _key_of(o) not in repeated]
-    return [*out, f"hydra.run.dir={quote(run_dir)}"]
+    return [*out, f"hydra.run.dir={quote(run_dir)}"], run_dir
+
+
+def check_launch(argv: list[str], run_dir: Path) -> None:
+    """Raise UserError (one line, and that ``run_dir`` is unchanged) if ``train`` would refuse this command;
+    nothing is written anywhere under ``run_dir``."""
+    from aigc_lab.train import _user_message, check_before_writing
+
+    cfg = compose_launch(argv)
+    if cfg is None:
+        return  # Hydra stops on a config that does not compose before it writes anything, with its own message
+    try:
+        with hydra_runtime(cfg, run_dir) as task:
+            check_before_writing(task)
+    except Exception as err:
+        message = _user_message(err)
+        if message is None:
+            raise  # a bug, not a refusal: the traceback says where
+        raise UserError(f"{message}\n(refused before anything was written: {run_dir} is unchanged)") from None
+
+
+def compose_launch(argv: list[str]) -> DictConfig | None:
+    """The config (with its ``hydra`` node) Hydra's run will compose for this command; None if it does not."""
+    from hydra import compose, initialize_config_dir
+
+    from aigc_lab.train import conf_dir
+
+    ns, overrides = _parse(argv[1:]) or (None, [])
+    task_overrides = [o.input_line for o in overrides if not _key(o).startswith("hydra")]
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=conf_dir(), job_name="train"):
+            return compose(config_name=getattr(ns, "config_name", None) or "train", overrides=task_overrides,
+                           return_hydra_config=True)
+    except HydraException:
+        return None
+
+
+@contextmanager
+def hydra_runtime(cfg: DictConfig, run_dir: Path) -> Iterator[DictConfig]:
+    """The task config of ``cfg`` (its ``hydra`` node removed, as Hydra hands it to the task function), with
+    Hydra's runtime set while the block runs: ``${hydra:runtime.output_dir}`` is ``run_dir``."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):  # as Hydra's run sets it
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        task = copy.deepcopy(cfg)
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        yield task
+    finally:
+        HydraConfig.instance().cfg = None  # Hydra's run sets its own
 
 
 def locate(value: str, overrides: list[str]) -> tuple[Path | None, Path]:
@@ -100,11 +188,18 @@ def _task_and_log_dir(overrides: list[str]) -> tuple[str, str]:
 
 
 def original_overrides(run_dir: Path) -> list[str]:
-    """The command-line overrides the run was last launched with (``.hydra/overrides.yaml``)."""
+    """The command-line overrides of the run's latest launch: its newest ``.hydra.<n>/overrides.yaml``, else
+    ``.hydra/overrides.yaml`` (the first launch's)."""
     from omegaconf import OmegaConf
 
-    path = run_dir / ".hydra" / "overrides.yaml"
-    return [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
+    found = [d / "overrides.yaml" for d in launch_configs(run_dir) if (d / "overrides.yaml").is_file()]
+    return [str(o) for o in OmegaConf.load(found[-1])] if found else []
+
+
+def launch_configs(run_dir: Path) -> list[Path]:
+    """The run's Hydra config folders by launch: ``.hydra`` (the first launch), then ``.hydra.<n>`` by n."""
+    later = [p for p in run_dir.glob(".hydra.*") if p.suffix[1:].isdigit()]
+    return [run_dir / ".hydra", *sorted(later, key=lambda p: int(p.suffix[1:]))]
 
 
 def quote(value: str | Path) -> str:
@@ -116,7 +211,7 @@ def quote(value: str | Path) -> str:
 
 
 def _parse(args: list[str]):
-    """(multirun?, parsed overrides) with Hydra's own argument and override parsers; None if either refuses."""
+    """(Hydra's parsed arguments, parsed overrides) with Hydra's own parsers; None if either refuses."""
     from hydra._internal.utils import get_args_parser  # what @hydra.main parses the command line with
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -124,7 +219,7 @@ def _parse(args: list[str]):
     parser.exit_on_error = False  # raise instead of printing usage: Hydra reports bad command lines itself
     try:
         ns, _ = parser.parse_known_args(args)
-        return ns.multirun, OverridesParser.create().parse_overrides(ns.overrides)
+        return ns, OverridesParser.create().parse_overrides(ns.overrides)
     except Exception:
         return None
 

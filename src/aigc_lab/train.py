@@ -11,6 +11,8 @@ import math
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit and test from a composed config; returns (fit metrics, test metrics)."""
     import lightning as L  # imported here so that `--help` and config errors come back fast
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
     from aigc_lab.checkpoints import check_checkpoint_for
     from aigc_lab.utils.config_check import check_targets
@@ -48,16 +51,25 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     from aigc_lab.utils.devices import check_trainer_hardware, instantiate_trainer
     from aigc_lab.utils.final_metrics import log_hparams_with_metrics, scalar_metrics
     from aigc_lab.utils.hardware import resolve_auto
-    from aigc_lab.utils.run_info import print_config_tree, write_provenance
+    from aigc_lab.utils.run_info import (
+        launch_file,
+        launch_number,
+        print_config_tree,
+        save_launch_config,
+        write_provenance,
+    )
 
     logging.getLogger("lightning").handlers.clear()  # its own console handler would print each line twice
+    composed = OmegaConf.to_yaml(cfg)  # as Hydra saves it, `auto` unresolved: a resume's .hydra.<n>/config.yaml
     check_trainer_hardware(cfg.trainer)
     auto_choices = resolve_auto(cfg)  # `auto` precision, channels_last, fused: the values fastest on this machine
     check_targets(cfg)
     ckpt_path = cfg.get("ckpt_path")
     run_dir = Path(cfg.paths.output_dir)
+    launch = launch_number(run_dir)  # 0 for a new run, n for its n-th resume: the first launch's files stay
     if cfg.get("print_config", True):
-        print_config_tree(cfg, save_to=run_dir / "config_tree.log")
+        print_config_tree(cfg, save_to=run_dir / launch_file("config_tree.log", launch))
+    save_launch_config(run_dir, launch, composed)  # .hydra.<n>/ of a resume (Hydra wrote the first .hydra/)
     write_provenance(run_dir, cfg, auto_choices)  # command line, git commit/diff, versions, device, auto values
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -115,11 +127,19 @@ def hparams_record(cfg: DictConfig, system: Any) -> dict[str, Any]:
 
 
 def optimized_value(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The value of ``optimized_metric`` returned to sweepers, or None without one. A metric the run never logged
+    (a run too short to validate, ``model.fid_features=none``, a misspelt name) fails a sweep trial, which has no
+    value to return; a single run ends with one warning and no optimized value."""
     if not name:
         return None
-    if name not in metrics:
-        raise UserError(f"optimized_metric {name!r} was not logged; logged metrics: {sorted(metrics)}")
-    return float(metrics[name])
+    if name in metrics:
+        return float(metrics[name])
+    logged = ", ".join(sorted(metrics)) or "none"
+    reason = f"optimized_metric {name!r} was not logged (no validation ran, or no such metric; logged: {logged})"
+    if _in_multirun():
+        raise UserError(reason)
+    log.warning("%s: this run has no optimized value", reason)
+    return None
 
 
 def _user_message(err: BaseException) -> str | None:
@@ -188,11 +208,24 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(1)
     # final metrics for the sweep summary; a diverged run (NaN/inf) is not a result
     write_metrics(run_dir, scalar_metrics({**fit_metrics, **test_metrics}))
-    if value is not None and not math.isfinite(value):
-        mark_run(run_dir, "failed", f"diverged: {cfg.optimized_metric} = {value}")
+    return _end_run(run_dir, cfg.get("optimized_metric"), value)
+
+
+def _end_run(run_dir: Path, name: str | None, value: float | None) -> float | None:
+    """Mark a finished run ``done``, or ``failed`` when its optimized metric is NaN/inf: a single run then exits
+    with code 1 and one line; a multirun job returns the value, which the sweeper records as a failed trial."""
+    from aigc_lab.utils.run_info import mark_run
+
+    if value is None or math.isfinite(value):
+        mark_run(run_dir, "done")
         return value
-    mark_run(run_dir, "done")
-    return value
+    reason = f"diverged: {name} = {value}"
+    mark_run(run_dir, "failed", reason)
+    if _in_multirun():  # the other jobs of the sweep go on
+        log.error("Job failed (run dir marked failed: %s): %s", run_dir, reason)
+        return value
+    print(f"\nerror: {reason} (run dir marked failed: {run_dir}; a lower model.lr may help)", file=sys.stderr)
+    sys.exit(1)
 
 
 def _status(run_dir: Path) -> str:
@@ -205,6 +238,46 @@ def _in_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def check_before_writing(cfg: DictConfig) -> None:
+    """The checks ``train`` makes before it fits, on a composed task config, without writing anything: this
+    machine (devices, precision), keys and types, the datamodule and system (ranges), the checkpoint against
+    the system, the callbacks and trainer, the data (``prepare_data``: files found, downloads, tokenizers
+    cached). Raises what ``train`` would; ``resume.check_launch`` runs it before Hydra writes into a run dir."""
+    from hydra.utils import instantiate
+
+    from aigc_lab.checkpoints import check_checkpoint_for
+    from aigc_lab.utils.config_check import check_targets
+    from aigc_lab.utils.devices import check_trainer_hardware, instantiate_trainer
+    from aigc_lab.utils.hardware import resolve_auto
+
+    with _quiet():  # the launch that follows logs (and warns) the same, once
+        check_trainer_hardware(cfg.trainer)
+        resolve_auto(cfg)
+        check_targets(cfg)
+        datamodule = instantiate(cfg.data)
+        system = instantiate(cfg.model)
+        check_pairing(system, datamodule)
+        if cfg.get("ckpt_path") and cfg.get("train", True):
+            check_checkpoint_for(cfg.ckpt_path, system)
+        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+        instantiate_trainer(cfg.trainer, callbacks=callbacks, logger=False)
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # one process per node, as Lightning calls it
+            datamodule.prepare_data()
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """No log records below ERROR and no Python warnings while the block runs."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
 
 
 if __name__ == "__main__":

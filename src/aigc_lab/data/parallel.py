@@ -2,9 +2,11 @@
 
 TSV files: one pair per line, split at the tab. Lines without a tab, with more than one, with an empty
 side, or with a side longer than ``max_len`` tokens (its [BOS]/[EOS] included) are skipped and counted
-in one warning per file; a file with no usable line is an error that names it. A joint byte-level BPE
-tokenizer is trained on both sides of the training pairs and cached like the masked LM's (keyed by the
-file and the settings), or loaded from ``tokenizer_path``.
+in one warning per file; a file with no usable line is an error that names it, and so is a train file
+that fits in one training batch (``max_tokens``), where every step would repeat the same pairs. A first
+line that looks like column names (``source<TAB>target``, ``en<TAB>fr``) is trained on as a pair, with a
+warning. A joint byte-level BPE tokenizer is trained on both sides of the training pairs and cached like
+the masked LM's (keyed by the file and the settings), or loaded from ``tokenizer_path``.
 
 The synthetic task (``task: synthetic``) needs no files: random strings of space-separated symbols and
 the same strings reversed, a fixed function of ``synthetic_seed`` and the split, with a symbol-level
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -51,6 +54,19 @@ SPLITS = ("train", "val", "test")
 SYMBOLS = "0123456789abcdefghijklmnopqrstuvwxyz"  # the synthetic task's alphabet (its first synthetic_symbols)
 Pair = tuple[str, str]  # (source, target)
 Batch = dict[str, Any]  # tensors and lists of strings: see the module docstring
+# Words of a header line ("source<TAB>target", "en<TAB>fr", "English<TAB>French", "src_text<TAB>tgt_text"):
+# column names, and language codes and names.
+HEADER_WORDS = frozenset({
+    "source", "target", "src", "tgt", "trg", "input", "output", "in", "out", "text", "sentence", "sent",
+    "translation", "original", "reference", "ref", "hypothesis", "hyp", "lang", "language", "col", "column", "left",
+    "right", "en", "fr", "de", "es", "it", "pt", "nl", "ru", "zh", "ja", "ko", "ar", "hi", "tr", "pl", "sv", "da",
+    "fi", "nb", "nn", "cs", "el", "he", "hu", "ro", "uk", "vi", "th", "id", "ms", "fa", "bg", "hr", "sr", "sk", "sl",
+    "et", "lv", "lt", "ca", "eu", "gl", "ga", "cy", "sw", "bn", "ta", "ur", "eng", "fra", "fre", "deu", "ger", "spa",
+    "ita", "por", "nld", "dut", "rus", "zho", "chi", "jpn", "kor", "ara", "english", "french", "german", "spanish",
+    "italian", "portuguese", "dutch", "russian", "chinese", "japanese", "korean", "arabic", "hindi", "turkish",
+    "polish", "swedish", "danish", "finnish", "norwegian", "czech", "greek", "hebrew", "hungarian", "romanian",
+    "ukrainian", "vietnamese", "thai", "indonesian", "persian",
+})
 
 
 # -------------------------------------------------------------------- reading
@@ -70,6 +86,20 @@ def read_tsv(path: Path) -> tuple[list[Pair], Counter, int]:
         else:
             pairs.append((fields[0].strip(), fields[1].strip()))
     return pairs, skipped, len(lines)
+
+
+def looks_like_header(pair: Pair) -> bool:
+    """True when both sides are single column names or languages (``source``/``target``, ``en``/``fr``)."""
+    return all(side and " " not in side and all(w in HEADER_WORDS for w in _words(side)) for side in pair)
+
+
+def _words(name: str) -> list[str]:
+    """The lowercase words of a column name: ``"Src_Text"`` -> ["src", "text"]; a region after a language is
+    dropped: ``"en-US"`` -> ["en"]."""
+    words = [w for w in re.split(r"[_\-.:#/]+", name.lower()) if w]
+    if len(words) == 2 and words[0] in HEADER_WORDS and len(words[1]) == 2:
+        return words[:1]  # en_US, fr-CA
+    return words or [name]
 
 
 def synthetic_pairs(n: int, min_len: int, max_len: int, n_symbols: int, seed: str) -> list[Pair]:
@@ -332,7 +362,30 @@ class ParallelDataModule(L.LightningDataModule):
                 self._read[split] = read_tsv(self.files[split])
                 if not self._read[split][0]:
                     self._no_pairs(split)
+                self._warn_header(split)
+            if split == "train":
+                self._check_train_size(len(self._read[split][0]), 2 * h.max_len)
         return self._read[split][0]
+
+    def _warn_header(self, split: str) -> None:
+        first = self._read[split][0][0]
+        if looks_like_header(first):
+            log.warning("%s (data.%s_file): the first pair %r looks like a header of column names; it is trained on "
+                        "as a pair: delete that line if it is one", self.files[split], split, "\t".join(first))
+
+    def _check_train_size(self, n_pairs: int, tokens_per_pair: int) -> None:
+        """Raise CorpusError when ``n_pairs`` of at most ``tokens_per_pair`` padded tokens (source + target) fit in
+        one training batch: every step would then train on the same pairs."""
+        h = self.hparams
+        if n_pairs * tokens_per_pair > h.max_tokens:
+            return
+        if h.task == "synthetic":
+            where, fix = "the synthetic train split (data.synthetic_train_size)", "raise data.synthetic_train_size"
+        else:
+            where, fix = f"{self.files['train']} (data.train_file)", "give data.train_file many more pairs"
+        raise CorpusError(f"{where} holds only {n_pairs} pair{'' if n_pairs == 1 else 's'}: less than one training "
+                          f"batch (data.max_tokens={h.max_tokens} padded tokens), so every step would repeat the "
+                          f"same batch. Fix: {fix}")
 
     def _no_pairs(self, split: str) -> None:
         _, skipped, n_lines = self._read[split]
@@ -359,6 +412,8 @@ class ParallelDataModule(L.LightningDataModule):
                     self.datasets[split] = self._dataset(split)
             self.datasets.setdefault("test", self.datasets["val"])
             self._read.clear()
+            train = self.datasets["train"]  # its padded size, now that its lengths are known
+            self._check_train_size(len(train), max(train.src_lengths) + max(train.tgt_lengths))
             for split in ("train", "val"):
                 sampler = self._sampler(split)
                 log.info("%s: %d pairs in %d batches of <= %d padded tokens, %.1f%% padding", split,

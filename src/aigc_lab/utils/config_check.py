@@ -1,5 +1,6 @@
 """Fail early on typos: every key of a ``_target_`` node must be a parameter of its target, and
-simple values must match the parameter's type hint (``trainer.max_epochs=abc`` is refused).
+simple values must match the parameter's type hint (``trainer.max_epochs=abc`` is refused); the launcher's own
+top-level keys (``seed``, ``train``, ...) must have their kind of value (``seed=abc`` is refused).
 
 Hydra already refuses command-line overrides of unknown keys (struct mode); this also covers keys
 written into config files and values of the wrong type, before any data is read.
@@ -23,6 +24,15 @@ _HYDRA_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
 # Settings whose value may be `auto`: resolved for the machine at launch (utils/hardware.py), so valid in a config
 # whatever the target's type hint says.
 _AUTO_KEYS = {"precision", "channels_last", "fused"}
+# The launcher's top-level keys (conf/train.yaml): the type each accepts, and how a message names it.
+_TOP_LEVEL: dict[str, tuple[Any, str]] = {
+    "seed": (int | None, "an integer or null (e.g. seed=42)"),
+    "train": (bool, "true or false"),
+    "test": (bool, "true or false"),
+    "print_config": (bool, "true or false"),
+    "ckpt_path": (str | None, "a checkpoint path or null"),
+    "optimized_metric": (str | None, "a metric name (e.g. val/loss) or null"),
+}
 
 
 def check_targets(cfg: DictConfig) -> None:
@@ -33,7 +43,16 @@ def check_targets(cfg: DictConfig) -> None:
         # A missing key is most often groups that do not fit: model=seq2seq with data=text lacks ${data.max_len}
         hint = " (do the groups fit together, e.g. model= and data=?)" if isinstance(err, InterpolationKeyError) else ""
         raise ConfigError(f"{err.full_key}: {err.msg}{hint}") from None
+    check_top_level(resolved)
     _walk(resolved, prefix="")
+
+
+def check_top_level(cfg: Mapping[str, Any]) -> None:
+    """Raise ConfigError naming the first top-level launcher key (``seed``, ``train``, ...) of the wrong kind."""
+    for key, (annotation, accepted) in _TOP_LEVEL.items():
+        if key in cfg and _matches(cfg[key], annotation) is False:
+            value = cfg[key]
+            raise ConfigError(f"{key}: expected {accepted}, got {value!r} ({type(value).__name__})")
 
 
 def _walk(node: Any, prefix: str) -> None:

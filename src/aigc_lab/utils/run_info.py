@@ -1,4 +1,9 @@
-"""What a run prints and records: the config tree, the failure marker, the provenance of the run."""
+"""What a run prints and records: the config tree, the failure marker, the provenance of the run.
+
+A run dir holds one record per launch (a resume is a later launch into the same folder, see ``aigc_lab.resume``):
+launch 0 writes ``config_tree.log`` and Hydra writes its ``.hydra/``; launch n > 0 writes ``config_tree.<n>.log``
+and ``.hydra.<n>/`` beside them, which stay as they were. ``provenance.json`` holds one entry per launch, and
+its count before a launch is that launch's number."""
 
 from __future__ import annotations
 
@@ -61,21 +66,60 @@ def write_provenance(run_dir: Path, cfg: DictConfig, auto: Sequence[Any] = ()) -
     one) with the command line, git commit, package versions, device and precision. A dirty work tree's
     ``git diff HEAD`` is saved beside it as ``git_diff.patch`` (``git_diff.<n>.patch`` for launch n > 0).
     ``auto``: the ``auto`` settings resolved for this machine (``utils.hardware.Choice``): key, value, reason.
-    The config as composed is Hydra's ``.hydra/config.yaml``; ``config_tree.log`` shows it with ``auto`` resolved."""
+    The config as composed is Hydra's ``.hydra/config.yaml`` (``.hydra.<n>/`` for launch n > 0);
+    ``config_tree.log`` (``config_tree.<n>.log``) shows it with ``auto`` resolved."""
     path = run_dir / PROVENANCE
-    launches = json.loads(path.read_text()).get("launches", []) if path.is_file() else []
+    launches = recorded_launches(run_dir)
     record = launch_record(cfg)
     record["auto"] = {c.key: {"value": c.value, "reason": c.reason} for c in auto}
     git = git_state(Path(__file__).resolve().parent)  # the tree this code runs from, not the cwd
     diff = git.pop("diff", None)
     if diff:
-        git["diff_file"] = "git_diff.patch" if not launches else f"git_diff.{len(launches)}.patch"
+        git["diff_file"] = launch_file("git_diff.patch", len(launches))
         (run_dir / git["diff_file"]).write_text(diff)
     record["git"] = git
     launches.append(record)
     run_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"launches": launches}, indent=2, default=str) + "\n")
     return record
+
+
+def recorded_launches(run_dir: Path) -> list[dict[str, Any]]:
+    """The entries of ``<run_dir>/provenance.json``, one per launch so far (none for a new run dir)."""
+    path = run_dir / PROVENANCE
+    return json.loads(path.read_text()).get("launches", []) if path.is_file() else []
+
+
+def launch_number(run_dir: Path) -> int:
+    """The number of the launch about to start in ``run_dir``: 0 for a new run, n for its n-th resume."""
+    return len(recorded_launches(run_dir))
+
+
+def launch_file(name: str, launch: int) -> str:
+    """The name of a per-launch file: ``name`` for launch 0, else the launch number before the suffix
+    (``config_tree.log`` -> ``config_tree.2.log``)."""
+    if launch == 0:
+        return name
+    stem, dot, suffix = name.partition(".")
+    return f"{stem}.{launch}{dot}{suffix}"
+
+
+@rank_zero_only
+def save_launch_config(run_dir: Path, launch: int, config_yaml: str) -> Path | None:
+    """Write ``<run_dir>/.hydra.<launch>/`` (the files Hydra writes into ``.hydra/``) for a later launch that
+    told Hydra to write none (``hydra.output_subdir=null``, added by the resume): the first launch's ``.hydra/``
+    stays. ``config_yaml``: the task config as composed. Returns the folder, or None when there is nothing to
+    write (a first launch, or Hydra wrote its own)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if launch == 0 or not HydraConfig.initialized() or HydraConfig.get().output_subdir is not None:
+        return None
+    folder = run_dir / f".hydra.{launch}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(config_yaml)
+    OmegaConf.save(HydraConfig.instance().cfg, folder / "hydra.yaml")
+    OmegaConf.save(OmegaConf.create(list(HydraConfig.get().overrides.task)), folder / "overrides.yaml")
+    return folder
 
 
 def launch_record(cfg: DictConfig) -> dict[str, Any]:

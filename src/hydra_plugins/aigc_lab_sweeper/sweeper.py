@@ -15,9 +15,12 @@ from typing import TYPE_CHECKING, Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
+from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
+
+from aigc_lab.errors import ConfigError
 
 if TYPE_CHECKING:
     import optuna
@@ -27,6 +30,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DIRECTIONS = {"minimize": "minimize", "min": "minimize", "maximize": "maximize", "max": "maximize"}
+
+
+class SweepError(CompactHydraException, ConfigError):
+    """A sweep that cannot start (a bad search space): Hydra prints its one-line message, no traceback."""
 
 
 class AigcOptunaSweeper(Sweeper):
@@ -51,11 +58,10 @@ class AigcOptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
         assert self.config is not None and self.hydra_context is not None
+        space = self._search_space(arguments)  # before anything is written: a refused sweep leaves nothing
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-
-        space = self._search_space(arguments)
         study = self._study(sweep_dir)
         requeue_interrupted(study)
         done = len(counted_trials(study))
@@ -79,7 +85,7 @@ class AigcOptunaSweeper(Sweeper):
         lines = [f"{key}={value}" for key, value in self.params.items()] + list(arguments)
         space = search_space(parser.parse_overrides(lines))
         if not space.distributions:
-            raise ValueError("hydra.sweeper.params is empty and no sweep (interval, choice, range) was given")
+            raise SweepError("hydra.sweeper.params is empty and no sweep (interval, choice, range) was given")
         return space
 
     def _storage_url(self, sweep_dir: Path) -> str:
@@ -92,7 +98,7 @@ class AigcOptunaSweeper(Sweeper):
         study = optuna.create_study(study_name=self.study_name, storage=self._storage_url(sweep_dir),
                                     direction=self.direction, load_if_exists=True)
         if study.direction.name.lower() != self.direction:
-            raise ValueError(f"study {self.study_name!r} was created to {study.direction.name.lower()}, "
+            raise SweepError(f"study {self.study_name!r} was created to {study.direction.name.lower()}, "
                              f"not {self.direction}: use another study_name or storage")
         if isinstance(self.sampler_cfg, DictConfig):
             # a resumed study must not replay its first random draws: offset the seed by the trials it holds
@@ -133,13 +139,29 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> None:
     try:
         value = float(value)
     except (TypeError, ValueError):
-        fail(study, trial, f"returned {value!r}, not a number (is optimized_metric set?)")
+        fail(study, trial, job_failure(result) or f"returned {value!r}, not a number (is optimized_metric set?)")
         return
     if not math.isfinite(value):
-        fail(study, trial, f"returned {value}")
+        # a failed job returns NaN in a multirun; why it failed is in its run dir's STATUS file
+        fail(study, trial, job_failure(result) or f"returned {value}")
         return
     study.tell(trial, value, state=TrialState.COMPLETE)
     log.info("Trial %d: %s", trial.number, value)
+
+
+def job_failure(result: JobReturn) -> str | None:
+    """The reason a job marked its run dir failed (``STATUS``: ``failed`` then the reason, written by the
+    launcher's ``mark_run``), or None when the job did not mark it failed or has no run dir."""
+    output_dir = OmegaConf.select(result.hydra_cfg, "hydra.runtime.output_dir") if result.hydra_cfg else None
+    if not output_dir:
+        return None
+    try:
+        status, _, detail = (Path(output_dir) / "STATUS").read_text().partition("\n")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if status.strip() != "failed":
+        return None
+    return detail.strip() or "failed (no reason recorded)"
 
 
 def fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
