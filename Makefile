@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-train: $(VENV)/.installed  ## the main job: class-conditional DCGAN on MNIST (~10 min on 2 CPU cores)
+train: $(VENV)/.installed  ## the main job: class-conditional DCGAN on MNIST (about 10-11 min on 2 CPU cores, whatever the x86 kind)
 	$(PY) -m aigc_lab experiment=gan_mnist $(ARGS)
 
 # Two test processes (pytest-xdist): most tests wait on a one-thread subprocess, so two keep both cores busy.
