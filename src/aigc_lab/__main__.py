@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sys
 
+from aigc_lab.utils.signals import stops_on_signals
 
+
+@stops_on_signals("train")  # SIGTERM and Ctrl+C in every stage (utils/signals.py)
 def cli() -> None:
     """Rewrite a resuming command line into the run's own folder and overrides and check it whole before
     anything is written there (resume.py), then start Hydra."""

@@ -15,3 +15,7 @@ class ConfigError(UserError, ValueError):
 
 class CorpusError(UserError):
     """A text corpus that exists but cannot be trained on (empty, or shorter than one block)."""
+
+
+class ResourceError(UserError):
+    """A request larger than this machine's memory or disk can hold (utils/memory.py says by how much)."""

@@ -7,12 +7,15 @@ bf16-mixed trainer.devices=1``; unknown keys are refused as in training), the da
 instantiated by ``_target_``, the best checkpoint is loaded (``ckpt=last`` or a file otherwise) and
 ``trainer.test`` runs. The test metrics are printed and saved, with the checkpoint and overrides used, as
 ``<run dir>/eval_<date>_<time>.json`` (or ``out=``). Nothing else in the run dir changes: no logger,
-no checkpointing.
+no checkpointing. Before the data is read, one test batch's memory is checked against this machine
+(utils/memory.py); the test shows its progress (a bar in a terminal, else a line on stderr every
+``progress_every_n_batches`` batches).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from datetime import datetime
@@ -23,13 +26,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from aigc_lab.errors import UserError
 from aigc_lab.train import _user_message, conf_dir
+from aigc_lab.utils.signals import stops_on_signals
+from aigc_lab.utils.stale_runs import mark_if_killed
 
 
+@stops_on_signals("eval")  # SIGTERM and Ctrl+C in every stage (utils/signals.py)
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in args):
         print(__doc__)
         return
+    _log_to_stderr()
     try:
         options, overrides = split_args(args)
         evaluate(options, overrides)
@@ -57,12 +64,17 @@ def evaluate(options: DictConfig, overrides: list[str]) -> dict[str, float]:
     import lightning as L
     from hydra.utils import instantiate
 
+    from aigc_lab.callbacks.progress import progress_bar
     from aigc_lab.checkpoints import check_checkpoint_for
     from aigc_lab.utils.config_check import check_targets
     from aigc_lab.utils.devices import check_trainer_hardware, instantiate_trainer
     from aigc_lab.utils.hardware import resolve_auto
+    from aigc_lab.utils.memory import check_system_sizes
 
+    if options.progress_every_n_batches < 1:
+        raise UserError(f"progress_every_n_batches must be >= 1, got {options.progress_every_n_batches}")
     run_dir = Path(options.run_dir).expanduser().resolve()
+    mark_if_killed(run_dir)  # STATUS `running` of a process that is gone: `killed` (utils/stale_runs.py)
     cfg = load_run_config(run_dir, overrides)
     check_trainer_hardware(cfg.trainer)
     resolve_auto(cfg)
@@ -72,8 +84,10 @@ def evaluate(options: DictConfig, overrides: list[str]) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     system = instantiate(cfg.model)
+    check_system_sizes(system, datamodule, cfg.trainer, stage="test")  # one test batch against this machine
     check_checkpoint_for(ckpt, system, key="ckpt")
-    trainer = instantiate_trainer(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+    progress = progress_bar(every_n_steps=options.progress_every_n_batches)
+    trainer = instantiate_trainer(cfg.trainer, logger=False, callbacks=[progress], enable_checkpointing=False)
     # weights_only=False: our checkpoints hold config objects (partials, dataclasses) in their hparams
     results = trainer.test(system, datamodule=datamodule, ckpt_path=str(ckpt), weights_only=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
@@ -114,6 +128,17 @@ def write_report(out: Path, run_dir: Path, ckpt: Path, overrides: list[str], met
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def _log_to_stderr() -> None:
+    """The ``aigc_lab`` logger's lines (progress in a batch job, data notes) on stderr: eval runs without Hydra's
+    logging config, which gives them a handler in training."""
+    logger = logging.getLogger("aigc_lab")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def _eval_message(err: BaseException) -> str | None:

@@ -52,10 +52,14 @@ _PLAIN = re.compile(r"[\w./:@+%-]+")  # override values that need no quotes in H
 
 def launch_argv(argv: list[str]) -> list[str]:
     """``prepare_argv``; a resume into an existing run dir is checked first (``check_launch``, a refusal raises
-    UserError) and gets ``hydra.output_subdir=null``, so that Hydra keeps the run's ``.hydra/``."""
+    UserError) and gets ``hydra.output_subdir=null``, so that Hydra keeps the run's ``.hydra/``. A run dir left
+    ``running`` by a process that is gone is marked ``killed`` before that (``utils/stale_runs.py``)."""
+    from aigc_lab.utils.stale_runs import mark_if_killed
+
     out, run_dir = _rewrite(argv)
     if run_dir is None:
         return out
+    mark_if_killed(run_dir)  # STATUS `running` of a process that is gone: `killed`, before anything else
     check_launch(out, run_dir)
     if any(_key_of(arg) == "hydra.output_subdir" for arg in out[1:]):
         return out

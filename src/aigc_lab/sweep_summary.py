@@ -31,7 +31,9 @@ class Job:
 
     name: str
     overrides: list[str]
-    status: str  # done | failed | interrupted (SIGTERM, Ctrl+C) | running (died without a word) | unknown (no STATUS)
+    # done | failed | interrupted (SIGTERM, Ctrl+C) | killed (its process died without a word) | running (still, or
+    # on another host) | unknown (no STATUS)
+    status: str
     detail: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -88,6 +90,9 @@ def collect_jobs(sweep_dir: Path) -> list[Job]:
 
 
 def read_job(folder: Path) -> Job:
+    from aigc_lab.utils.stale_runs import mark_if_killed
+
+    mark_if_killed(folder)  # `running` with its process gone from this host: `killed`
     overrides = [str(o) for o in OmegaConf.load(folder / ".hydra" / "overrides.yaml")]
     status_file, metrics_file = folder / "STATUS", folder / "metrics.json"
     lines = status_file.read_text().splitlines() if status_file.exists() else []

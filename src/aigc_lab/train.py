@@ -51,6 +51,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     from aigc_lab.utils.devices import check_trainer_hardware, instantiate_trainer
     from aigc_lab.utils.final_metrics import log_hparams_with_metrics, scalar_metrics
     from aigc_lab.utils.hardware import resolve_auto
+    from aigc_lab.utils.memory import check_system_sizes
     from aigc_lab.utils.run_info import (
         launch_file,
         launch_number,
@@ -79,6 +80,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     log.info("Instantiating system <%s>", cfg.model._target_)
     system = instantiate(cfg.model)
     check_pairing(system, datamodule)
+    check_system_sizes(system, datamodule, cfg.trainer)  # against the model and this machine's memory
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     if ckpt_path and cfg.get("train", True):
@@ -175,8 +177,10 @@ def _instantiation_message(err: BaseException, cause: BaseException) -> str:
 def main(cfg: DictConfig) -> float | None:
     from aigc_lab.utils.final_metrics import scalar_metrics, write_metrics
     from aigc_lab.utils.run_info import mark_run
+    from aigc_lab.utils.stale_runs import mark_killed_beside
 
     run_dir = Path(cfg.paths.output_dir)
+    mark_killed_beside(run_dir)  # runs of this task (jobs of this sweep) left `running` by a process now gone
     mark_run(run_dir, "running")
     try:
         fit_metrics, test_metrics = train(cfg)
@@ -242,15 +246,17 @@ def _in_multirun() -> bool:
 
 def check_before_writing(cfg: DictConfig) -> None:
     """The checks ``train`` makes before it fits, on a composed task config, without writing anything: this
-    machine (devices, precision), keys and types, the datamodule and system (ranges), the checkpoint against
-    the system, the callbacks and trainer, the data (``prepare_data``: files found, downloads, tokenizers
-    cached). Raises what ``train`` would; ``resume.check_launch`` runs it before Hydra writes into a run dir."""
+    machine (devices, precision), keys and types, the datamodule and system (ranges; sizes against the model and
+    this machine's memory), the checkpoint against the system, the callbacks and trainer, the data
+    (``prepare_data``: files found, downloads, tokenizers cached). Raises what ``train`` would;
+    ``resume.check_launch`` runs it before Hydra writes into a run dir."""
     from hydra.utils import instantiate
 
     from aigc_lab.checkpoints import check_checkpoint_for
     from aigc_lab.utils.config_check import check_targets
     from aigc_lab.utils.devices import check_trainer_hardware, instantiate_trainer
     from aigc_lab.utils.hardware import resolve_auto
+    from aigc_lab.utils.memory import check_system_sizes
 
     with _quiet():  # the launch that follows logs (and warns) the same, once
         check_trainer_hardware(cfg.trainer)
@@ -259,6 +265,7 @@ def check_before_writing(cfg: DictConfig) -> None:
         datamodule = instantiate(cfg.data)
         system = instantiate(cfg.model)
         check_pairing(system, datamodule)
+        check_system_sizes(system, datamodule, cfg.trainer)
         if cfg.get("ckpt_path") and cfg.get("train", True):
             check_checkpoint_for(cfg.ckpt_path, system)
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]

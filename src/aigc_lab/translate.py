@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from tokenizers import Tokenizer
@@ -26,6 +26,22 @@ def load_seq2seq(ckpt: dict) -> tuple[Seq2SeqTransformer, Tokenizer]:
     return model.eval(), tokenizer_from_json(ckpt["tokenizer_json"], SEQ2SEQ_SPECIAL_TOKENS)
 
 
+def check_search(model: Seq2SeqTransformer, beam_size: int, max_len: int | None, batch_size: int) -> None:
+    """The search settings against the model: a beam of 1 to vocabulary-size hypotheses, at least one sentence per
+    batch, a length cap of at most the model's position table."""
+    vocab = model.cfg.vocab_size
+    if beam_size < 1:
+        raise UserError(f"beam_size must be >= 1, got {beam_size}")
+    if beam_size > vocab:
+        raise UserError(f"beam_size must be <= this model's vocabulary ({vocab} tokens), got {beam_size}: "
+                        f"a beam of 4 or 5 is usual")
+    if batch_size < 1:
+        raise UserError(f"translate_batch_size must be >= 1, got {batch_size}")
+    if max_len is not None and not 1 <= max_len <= model.cfg.max_len:
+        raise UserError(f"max_len must be in [1, {model.cfg.max_len}] (this model's longest target) or null, "
+                        f"got {max_len}")
+
+
 @torch.no_grad()
 def translate(
     model: Seq2SeqTransformer,
@@ -39,18 +55,59 @@ def translate(
     """One translation per sentence, in order (an empty line stays empty). Sources longer than the model's
     ``max_len`` are cut (with a note on stderr); hypotheses have at most ``max_len`` tokens (default: the
     model's), and at most 2 x the source length + 10."""
-    if beam_size < 1:
-        raise UserError(f"beam_size must be >= 1, got {beam_size}")
-    if batch_size < 1:
-        raise UserError(f"translate_batch_size must be >= 1, got {batch_size}")
-    if max_len is not None and max_len < 1:
-        raise UserError(f"max_len must be >= 1 or null, got {max_len}")
+    check_search(model, beam_size, max_len, batch_size)
+    out, cut = _translate_block(model, tokenizer, sentences, beam_size, length_penalty, max_len, batch_size)
+    _note_cut(cut, model)
+    return out
+
+
+def translate_stream(
+    model: Seq2SeqTransformer,
+    tokenizer: Tokenizer,
+    lines: Iterable[str],
+    beam_size: int = 4,
+    length_penalty: float = 1.0,
+    max_len: int | None = None,
+    batch_size: int = 64,
+    window: int | None = None,
+) -> Iterator[list[str]]:
+    """``translate`` over an iterable of lines, read and answered ``window`` lines at a time (default: 16
+    batches, sorted by length within it): yields each window's translations, in order, so memory holds one
+    window whatever the input's length. One note on stderr at the end counts the sources that were cut."""
+    check_search(model, beam_size, max_len, batch_size)
+    window = window or 16 * batch_size
+    cut = 0
+    for block in _windows(lines, window):
+        out, n = _translate_block(model, tokenizer, block, beam_size, length_penalty, max_len, batch_size)
+        cut += n
+        yield out
+    _note_cut(cut, model)
+
+
+def _windows(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+    block: list[str] = []
+    for line in lines:
+        block.append(line)
+        if len(block) == size:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def _note_cut(cut: int, model: Seq2SeqTransformer) -> None:
+    if cut:
+        print(f"note: {cut} sentence(s) longer than {model.cfg.max_len - 1} tokens were cut to fit the model",
+              file=sys.stderr)
+
+
+def _translate_block(model: Seq2SeqTransformer, tokenizer: Tokenizer, sentences: Sequence[str], beam_size: int,
+                     length_penalty: float, max_len: int | None, batch_size: int) -> tuple[list[str], int]:
+    """(the translations of ``sentences``, in order; how many sources were cut to the model's length)."""
     pad, bos, eos = (tokenizer.token_to_id(t) for t in (PAD, BOS, EOS))
     limit = model.cfg.max_len - 1  # room for [EOS]
     ids = encode_texts(tokenizer, [s.strip() for s in sentences])
     cut = sum(len(x) > limit for x in ids)
-    if cut:
-        print(f"note: {cut} sentence(s) longer than {limit} tokens were cut to fit the model", file=sys.stderr)
     ids = [x[:limit] + [eos] for x in ids]
     out = [""] * len(sentences)
     todo = sorted((i for i, s in enumerate(sentences) if s.strip()), key=lambda i: len(ids[i]))  # similar lengths
@@ -66,4 +123,4 @@ def translate(
         hyps = search(model, src, src_mask, bos, eos, cap, beam_size, length_penalty)
         for i, text in zip(rows, detokenize(tokenizer, hyps)):
             out[i] = text
-    return out
+    return out, cut

@@ -26,6 +26,11 @@ whose SIGTERM Lightning forwards to them.
 
 Errors (a NaN loss with ``model.nonfinite_loss=stop``, a full disk, a bug) save nothing here: the last good
 checkpoint stays the last one.
+
+Under an entry point (``python -m aigc_lab``) the guard of ``utils/signals.py`` also watches: a batch that has
+not reached its boundary a few seconds after the signal is stopped where it is (no checkpoint for it), and a
+second signal of a kind stops at once even inside a long native operation, where no Python handler (this
+callback's included) can run. Stages outside the fit loop (data preparation, setup, the final test) are its.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from aigc_lab.errors import UserError
 from aigc_lab.utils.run_info import mark_run
+from aigc_lab.utils.signals import active_guard, stop_begun
 
 log = logging.getLogger("aigc_lab")
 
@@ -61,6 +67,7 @@ class Preemption(L.Callback):
         self._previous_sigint: Any = None
         self._installed = False
         self._trainer: L.Trainer | None = None
+        self._pid = os.getpid()
 
     @property
     def checkpoint_path(self) -> Path:
@@ -73,6 +80,7 @@ class Preemption(L.Callback):
         if threading.current_thread() is threading.main_thread():
             self._signal = signal.SIGTERM
             self._trainer = trainer
+            self._pid = os.getpid()
             self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
             self._installed = True
 
@@ -83,9 +91,13 @@ class Preemption(L.Callback):
         self._restore_sigint()
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked DataLoader worker, which inherits this handler: the training process stops it
         trainer = self._trainer
-        if self._signal == signal.SIGINT:
-            self._stop_now(trainer)  # the second Ctrl+C
+        if self._signal == signal.SIGINT:  # the second Ctrl+C
+            if active_guard() is not None:
+                return  # the entry point's guard saw both (even inside a native op) and stops the process at once
+            self._stop_now(trainer)
         self._signal = signal.SIGINT
         if not trainer.is_global_zero:
             return  # under DDP rank zero stops every rank: Lightning forwards its SIGTERM and broadcasts the flag
@@ -111,6 +123,7 @@ class Preemption(L.Callback):
     # ------------------------------------------------------------ the stop
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
+            stop_begun()  # the save may take its time: the entry point's guard stops waiting for a batch boundary
             signum = self._signal
             detail = self._stop(trainer, "Ctrl+C" if signum == signal.SIGINT else "SIGTERM", save=True)
             exception.code = EXIT_CODES[signum]  # re-raised by Lightning: the process exits with this code

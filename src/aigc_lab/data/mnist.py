@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from aigc_lab.errors import DataNotFoundError
+from aigc_lab.errors import ConfigError, DataNotFoundError
 from aigc_lab.utils.validate import at_least, positive
 
 MNIST_FILES = (
@@ -127,19 +127,33 @@ class MNISTDataModule(L.LightningDataModule):
         self.train_set: InMemoryImages | None = None
 
     def prepare_data(self) -> None:  # runs on one process per node: the place to download
-        load_mnist(self.root, train=True, download=self.hparams.download)
+        _, labels = load_mnist(self.root, train=True, download=self.hparams.download)
         load_mnist(self.root, train=False, download=self.hparams.download)
+        self._check_batch_fits(len(labels))
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         images, labels = load_mnist(self.root, train=True, download=False)
+        self._check_batch_fits(len(labels))
         val_size = min(self.hparams.val_size, len(labels) // 5)
         perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.hparams.split_seed))
         val_idx, train_idx = perm[:val_size], perm[val_size:]
         self.train_set = InMemoryImages(images[train_idx], labels[train_idx])
         self.val_set = InMemoryImages(images[val_idx], labels[val_idx])
         self.test_set = InMemoryImages(*load_mnist(self.root, train=False, download=False))
+
+    def _check_batch_fits(self, n_images: int) -> None:
+        """Training drops the last incomplete batch (equal batch statistics): a batch larger than the training
+        split would leave every epoch without a batch."""
+        val_size = min(self.hparams.val_size, n_images // 5)
+        n_train = n_images - val_size
+        if self.hparams.batch_size > n_train:
+            raise ConfigError(
+                f"data.batch_size={self.hparams.batch_size} is larger than the training split ({n_train} images: "
+                f"{n_images} minus data.val_size={val_size}), so an epoch would have no batch: use "
+                f"data.batch_size <= {n_train}"
+            )
 
     def class_counts(self) -> torch.Tensor:
         """Training-label histogram [10]: the label prior of a class-conditional generator."""

@@ -46,11 +46,12 @@ from aigc_lab.data.tokenizer import (
     symbol_tokenizer,
 )
 from aigc_lab.errors import ConfigError, CorpusError, DataNotFoundError
-from aigc_lab.utils.validate import at_least, in_interval, positive, require
+from aigc_lab.utils.validate import at_least, at_most, in_interval, positive, require
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+MAX_VOCAB = 2**31 - 1  # token ids fit int32 tensors
 SYMBOLS = "0123456789abcdefghijklmnopqrstuvwxyz"  # the synthetic task's alphabet (its first synthetic_symbols)
 Pair = tuple[str, str]  # (source, target)
 Batch = dict[str, Any]  # tensors and lists of strings: see the module docstring
@@ -307,6 +308,10 @@ class ParallelDataModule(L.LightningDataModule):
             )
         n_special = len(SEQ2SEQ_SPECIAL_TOKENS)
         require(vocab_size > n_special, "data.vocab_size", vocab_size, f"> {n_special} (the special tokens)")
+        if task == "tsv":  # the byte-level BPE always holds its 256 byte symbols
+            require(vocab_size >= n_special + 256, "data.vocab_size", vocab_size,
+                    f">= {n_special + 256} for a byte-level BPE ({n_special} special tokens and 256 byte symbols)")
+        at_most("data.vocab_size", vocab_size, MAX_VOCAB, "token ids are int32")
         positive("data.sort_chunk", sort_chunk)
         at_least("data.min_frequency", min_frequency, 0)
         at_least("data.num_workers", num_workers, 0)

@@ -37,11 +37,12 @@ from aigc_lab.data.tokenizer import (
     read_text,
 )
 from aigc_lab.errors import CorpusError, DataNotFoundError
-from aigc_lab.utils.validate import at_least, in_interval, positive, require
+from aigc_lab.utils.validate import at_least, at_most, in_interval, positive, require
 
 log = logging.getLogger(__name__)
 
 IDS_FORMAT = 1  # part of the token-cache key
+MAX_VOCAB = 2**31 - 1  # token ids are cached as int32
 
 
 def resolve_files(spec: str | Sequence[str], key: str) -> list[Path]:
@@ -62,6 +63,18 @@ def resolve_files(spec: str | Sequence[str], key: str) -> list[Path]:
                 )
             files.append(path)
     return files
+
+
+def check_block_fits_files(block_size: int, files: Sequence[Path], split: str) -> None:
+    """Raise CorpusError when the files of a split cannot fill one packed block, before any tokenizing: a token
+    is at least one byte of text, so they hold at most as many tokens as bytes."""
+    size = sum(path.stat().st_size for path in files)
+    if size < block_size - 2:
+        raise CorpusError(
+            f"data.block_size={block_size} needs {block_size - 2} tokens per block ([CLS] and [SEP] aside), but "
+            f"{_names(files)} (data.{split}_files) hold{'s' if len(files) == 1 else ''} {size} bytes, at most "
+            f"{size} tokens: use data.block_size <= {size + 2}, more text, or data.line_by_line=true"
+        )
 
 
 def pack_blocks(ids: torch.Tensor, block_size: int, cls_id: int, sep_id: int) -> torch.Tensor:
@@ -142,6 +155,7 @@ class TextDataModule(L.LightningDataModule):
         require(block_size >= 3, "data.block_size", block_size, ">= 3 ([CLS], a token, [SEP])")
         n_special = len(SPECIAL_TOKENS)
         require(vocab_size > n_special, "data.vocab_size", vocab_size, f"> {n_special} (the special tokens)")
+        at_most("data.vocab_size", vocab_size, MAX_VOCAB, "token ids are cached as int32")
         positive("data.batch_size", batch_size)
         positive("data.eval_batch_size", eval_batch_size)
         at_least("data.min_frequency", min_frequency, 0)
@@ -153,6 +167,10 @@ class TextDataModule(L.LightningDataModule):
             "val": resolve_files(val_files, "val_files"),
             "test": resolve_files(test_files, "test_files") if test_files is not None else None,
         }
+        if not line_by_line:
+            for split, files in self.files.items():
+                if files is not None:
+                    check_block_fits_files(block_size, files, split)
         self.cache_dir = Path(cache_dir).expanduser()
         self.tokenizer: Tokenizer | None = None
         self.datasets: dict[str, Dataset] = {}

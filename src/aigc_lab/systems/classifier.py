@@ -6,7 +6,7 @@ import logging
 import time
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -17,6 +17,15 @@ from aigc_lab.metrics.fid import save_classifier
 from aigc_lab.models.classifier import ClassifierConfig, DigitClassifier
 from aigc_lab.systems.guards import NonFiniteLossGuard, check_policy
 from aigc_lab.utils.hardware import device_type, resolve_precision
+from aigc_lab.utils.memory import (
+    TRAIN_STATE_BYTES,
+    VALUE_BYTES,
+    Need,
+    Part,
+    layer_output_elements,
+    param_count,
+    per_sample_part,
+)
 from aigc_lab.utils.validate import at_least, optimizer_lr
 
 log = logging.getLogger("aigc_lab")
@@ -46,6 +55,28 @@ class ClassifierSystem(NonFiniteLossGuard, L.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
+
+    def memory_needs(self, datamodule: Any, stage: str = "fit") -> list[Need]:
+        """One training batch (the outputs of every layer per image, kept for backward; parameters with
+        gradients and AdamW state) and one evaluation batch (utils/memory.py)."""
+        h = getattr(datamodule, "hparams", None)
+        if h is None or "batch_size" not in h:
+            return []
+        cfg = self.net.cfg
+        with torch.device("meta"):
+            per_image = layer_output_elements(DigitClassifier(cfg), torch.empty(1, cfg.image_channels, 28, 28))
+        per_image += 2 * cfg.image_channels * 28 * 28  # the images and their shifted copies
+        n_params = param_count(self.net)
+        state = TRAIN_STATE_BYTES if stage == "fit" else VALUE_BYTES
+        params = Part("parameters", state * n_params, f"{state} bytes x {n_params:,} parameters")
+
+        def need(key: str, what: str) -> Need:
+            def parts(sizes: dict[str, int]) -> list[Part]:
+                return [params, per_sample_part("activations", per_image, sizes[key], "values per image")]
+            return Need(what, {key: h[key.removeprefix("data.")]}, parts)
+
+        evaluate = need("data.eval_batch_size", f"one {'validation' if stage == 'fit' else 'test'} batch")
+        return [need("data.batch_size", "one training batch"), evaluate] if stage == "fit" else [evaluate]
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         images, labels = batch

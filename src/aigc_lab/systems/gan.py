@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -33,6 +33,15 @@ from aigc_lab.models.gan import Discriminator, GANConfig, Generator, init_dcgan_
 from aigc_lab.systems.guards import NonFiniteLossGuard, check_policy
 from aigc_lab.systems.schedule import constant_then_linear, planned_steps
 from aigc_lab.systems.step_logs import logs_written_this_step
+from aigc_lab.utils.memory import (
+    TRAIN_STATE_BYTES,
+    VALUE_BYTES,
+    Need,
+    Part,
+    layer_output_elements,
+    param_count,
+    per_sample_part,
+)
 from aigc_lab.utils.validate import at_least, in_interval, one_of, optimizer_lr, positive
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -139,6 +148,59 @@ class GANSystem(NonFiniteLossGuard, L.LightningModule):
         images = sampler(z, labels).float()
         sampler.train(was_training)
         return images
+
+    # ---------------------------------------------------------------- sizes (checked before any data work)
+    def memory_needs(self, datamodule: Any, stage: str = "fit") -> list[Need]:
+        """One training batch (data.batch_size) and one validation batch (data.eval_batch_size) for ``"fit"``,
+        one test batch for ``"test"``. Per image, the outputs of every layer (utils/memory.py): a training batch
+        keeps the generator's, the discriminator's on real and fake images and again on the fakes of the G step
+        (3 x), and the images themselves; an evaluation batch samples fakes and runs the FID network on them and
+        on the real images. Parameters: G and D with gradients and Adam state, the EMA generator, the FID network
+        (the project's classifier; Inception is not counted)."""
+        h = getattr(datamodule, "hparams", None)
+        if h is None or "batch_size" not in h:
+            return []
+        g_values, d_values, fid_values, fid_params = self._values_per_image()
+        image = self.cfg.image_channels * self.cfg.image_size**2
+        trained = param_count(self.generator) + param_count(self.discriminator)
+        kept = param_count(self.generator) * (self.generator_ema is not None) + fid_params
+        state = TRAIN_STATE_BYTES if stage == "fit" else VALUE_BYTES
+        params = Part("parameters" + (" with gradients and Adam state" if stage == "fit" else ""),
+                      state * trained + VALUE_BYTES * kept, f"{state} bytes x {trained:,} + 4 bytes x {kept:,} "
+                      f"parameters (G and D, EMA generator and FID network)")
+
+        def training(sizes: dict[str, int]) -> list[Part]:
+            per_image = g_values + 3 * d_values + 2 * image
+            return [params, per_sample_part("activations", per_image, sizes["data.batch_size"],
+                                            "values per image (G, 3 x D, images)")]
+
+        def evaluation(sizes: dict[str, int]) -> list[Part]:
+            per_image = g_values + 2 * fid_values + 2 * image
+            return [params, per_sample_part("activations", per_image, sizes["data.eval_batch_size"],
+                                            "values per image (G, 2 x FID network, images)")]
+
+        evaluate = Need(f"one {'validation' if stage == 'fit' else 'test'} batch",
+                        {"data.eval_batch_size": h.eval_batch_size}, evaluation)
+        if stage != "fit":
+            return [evaluate]
+        return [Need("one training batch", {"data.batch_size": h.batch_size}, training), evaluate]
+
+    def _values_per_image(self) -> tuple[int, int, int, int]:
+        """(generator, discriminator, FID network layer outputs per image, FID network parameters), counted on
+        the meta device."""
+        from aigc_lab.models.classifier import ClassifierConfig, DigitClassifier
+
+        cfg = self.cfg
+        with torch.device("meta"):
+            generator, discriminator = Generator(cfg), Discriminator(cfg)
+            z = torch.empty(1, cfg.latent_dim)
+            labels = torch.zeros(1, dtype=torch.long) if cfg.conditional else None
+            image = torch.empty(1, cfg.image_channels, cfg.image_size, cfg.image_size)
+            classifier = DigitClassifier(ClassifierConfig()) if self.hparams.fid_features != "none" else None
+            digit = torch.empty(1, 1, 28, 28)
+        fid = layer_output_elements(classifier, digit) if classifier is not None else 0
+        return (layer_output_elements(generator, z, labels), layer_output_elements(discriminator, image, labels),
+                fid, param_count(classifier) if classifier is not None else 0)
 
     # ---------------------------------------------------------------- training
     def setup(self, stage: str) -> None:

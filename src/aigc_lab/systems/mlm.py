@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from functools import partial
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -31,6 +32,7 @@ from aigc_lab.errors import UserError
 from aigc_lab.models.mlm import MaskedLM, MLMConfig
 from aigc_lab.systems.guards import NonFiniteLossGuard, check_policy
 from aigc_lab.systems.schedule import planned_steps, warmup_then_decay
+from aigc_lab.utils.memory import TRAIN_STATE_BYTES, VALUE_BYTES, Need, TransformerShape, mlm_params, transformer_parts
 from aigc_lab.utils.validate import at_least, in_interval, net_config, one_of, optimizer_lr, positive
 
 Batch = dict[str, torch.Tensor]  # input_ids [B, T], labels [B, T], attention_mask [B, T] (when padded)
@@ -95,6 +97,50 @@ class MLMSystem(NonFiniteLossGuard, L.LightningModule):
         block_size = getattr(getattr(datamodule, "hparams", None), "block_size", 0)
         if block_size > self.cfg.max_len:
             raise UserError(f"data.block_size ({block_size}) exceeds model.net.max_len ({self.cfg.max_len})")
+
+    # ---------------------------------------------------------------- sizes (checked before any data work)
+    def check_bounds(self, datamodule: Any) -> None:
+        """The datamodule's sizes against the model: a block must fit the position table (model.net.max_len)."""
+        block_size = getattr(getattr(datamodule, "hparams", None), "block_size", 0)
+        max_len = self._config(len(SPECIAL_TOKENS) + 1).max_len
+        if block_size > max_len:
+            raise UserError(f"data.block_size ({block_size}) exceeds model.net.max_len ({max_len})")
+
+    def memory_needs(self, datamodule: Any, stage: str = "fit") -> list[Need]:
+        """One training and one validation batch (``stage="fit"``), or one test batch (``"test"``), as functions
+        of data.block_size, the batch size and data.vocab_size (utils/memory.py has the formulas). The vocabulary
+        is data.vocab_size, the most the tokenizer learns (a saved tokenizer's own size with data.tokenizer_path)."""
+        h = getattr(datamodule, "hparams", None)
+        if h is None or "block_size" not in h:
+            return []
+        fixed_vocab = self.cfg.vocab_size if self.cfg is not None else _saved_vocab_size(h.get("tokenizer_path"))
+        cfg = self._config(fixed_vocab or h.vocab_size)
+        shape = TransformerShape.of(cfg)
+        own_positions = cfg.max_len != h.block_size  # else the table follows data.block_size (${data.block_size})
+
+        def batch(batch_key: str, training: bool, state_bytes: int) -> Need:
+            def parts(sizes: dict[str, int]) -> list:
+                length, vocab = sizes["data.block_size"], sizes.get("data.vocab_size", fixed_vocab)
+                params = mlm_params(shape, vocab, cfg.max_len if own_positions else length)
+                b = sizes[batch_key]
+                masked = math.ceil(h.mask_rate * b * length)  # logits only at the masked positions
+                return transformer_parts(shape, params, b, length, logit_rows=masked, vocab=vocab,
+                                         training=training, state_bytes=state_bytes)
+
+            sizes = {"data.block_size": h.block_size, batch_key: h[batch_key.removeprefix("data.")]}
+            if not fixed_vocab:
+                sizes["data.vocab_size"] = h.vocab_size
+            lowest = {"data.block_size": 3, "data.vocab_size": len(SPECIAL_TOKENS) + 1}
+            what = "one training batch" if training else f"one {'validation' if stage == 'fit' else 'test'} batch"
+            return Need(what, sizes, parts, lowest)
+
+        if stage == "fit":
+            return [batch("data.batch_size", True, TRAIN_STATE_BYTES),
+                    batch("data.eval_batch_size", False, TRAIN_STATE_BYTES)]
+        return [batch("data.eval_batch_size", False, VALUE_BYTES)]
+
+    def _config(self, vocab_size: int) -> MLMConfig:
+        return self.cfg if self.cfg is not None else self.hparams.net(vocab_size=vocab_size)
 
     def set_tokenizer(self, tokenizer: Tokenizer) -> None:
         vocab = tokenizer.get_vocab_size()
@@ -199,6 +245,17 @@ class MLMSystem(NonFiniteLossGuard, L.LightningModule):
         if self.model is None:  # load_from_checkpoint outside a trainer: build from the saved config
             self.cfg = MLMConfig(**checkpoint["mlm_config"])
             self.model = MaskedLM(self.cfg)
+
+
+def _saved_vocab_size(tokenizer_path: str | None) -> int | None:
+    """The vocabulary size of a saved tokenizer.json (data.tokenizer_path), or None (none given, or unreadable:
+    the datamodule reports that when it loads it)."""
+    if not tokenizer_path:
+        return None
+    try:
+        return Tokenizer.from_file(str(Path(tokenizer_path).expanduser())).get_vocab_size()
+    except Exception:  # tokenizers raises its own Exception type
+        return None
 
 
 def weight_decay_groups(module: torch.nn.Module) -> list[dict]:

@@ -22,8 +22,10 @@ The model is built in ``configure_model`` from the datamodule's tokenizer (``net
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -35,12 +37,22 @@ from tokenizers import Tokenizer
 
 from aigc_lab.data.parallel import Batch, detokenize
 from aigc_lab.data.tokenizer import BOS, EOS, PAD, SEQ2SEQ_SPECIAL_TOKENS, tokenizer_from_json
-from aigc_lab.errors import UserError
+from aigc_lab.errors import ConfigError, UserError
 from aigc_lab.models.decoding import search
 from aigc_lab.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from aigc_lab.systems.guards import NonFiniteLossGuard, check_policy
 from aigc_lab.systems.mlm import weight_decay_groups
 from aigc_lab.systems.schedule import planned_steps, warmup_then_decay
+from aigc_lab.utils.memory import (
+    TRAIN_STATE_BYTES,
+    VALUE_BYTES,
+    Need,
+    Part,
+    TransformerShape,
+    beam_search_parts,
+    seq2seq_params,
+    transformer_parts,
+)
 from aigc_lab.utils.validate import at_least, in_interval, net_config, one_of, optimizer_lr, positive
 
 Triple = tuple[str, str, str]  # (source, reference, hypothesis)
@@ -111,6 +123,71 @@ class Seq2SeqSystem(NonFiniteLossGuard, L.LightningModule):
         max_len = getattr(getattr(datamodule, "hparams", None), "max_len", 0)
         if max_len > self.cfg.max_len:
             raise UserError(f"data.max_len ({max_len}) exceeds model.net.max_len ({self.cfg.max_len})")
+
+    # ---------------------------------------------------------------- sizes (checked before any data work)
+    def check_bounds(self, datamodule: Any) -> None:
+        """The datamodule's sizes against the model: pairs must fit the position tables (model.net.max_len), and
+        a beam cannot keep more hypotheses than the vocabulary has tokens."""
+        h = getattr(datamodule, "hparams", None)
+        if h is None or "max_len" not in h:
+            return
+        cfg = self._config(len(SEQ2SEQ_SPECIAL_TOKENS) + 1)
+        if h.max_len > cfg.max_len:
+            raise UserError(f"data.max_len ({h.max_len}) exceeds model.net.max_len ({cfg.max_len})")
+        vocab = _vocab_bound(h)
+        if self.hparams.beam_size > vocab:
+            raise ConfigError(f"model.beam_size must be <= the vocabulary ({vocab} tokens, {_vocab_source(h)}), "
+                              f"got {self.hparams.beam_size}: a beam of 4 or 5 is usual")
+
+    def memory_needs(self, datamodule: Any, stage: str = "fit") -> list[Need]:
+        """One training and one validation batch (``stage="fit"``), or one test batch (``"test"``), as functions
+        of the token budget, data.max_len, the beam and the vocabulary (formulas: utils/memory.py). A budget of N
+        tokens is counted as N / (2 x max_len) pairs of max_len tokens a side; beam search as if the batch held
+        the shortest pairs (4 tokens, so N / 4 sentences) decoding 2 x the source + 10 tokens: its worst case."""
+        h = getattr(datamodule, "hparams", None)
+        if h is None or "max_tokens" not in h:
+            return []
+        vocab_key = h.task == "tsv" and not h.tokenizer_path and self.cfg is None
+        fixed_vocab = self.cfg.vocab_size if self.cfg is not None else _vocab_bound(h)
+        cfg = self._config(fixed_vocab)
+        shape = TransformerShape.of(cfg)
+        own_positions = cfg.max_len != h.max_len  # else the tables follow data.max_len (${data.max_len})
+
+        def common(sizes: dict[str, int], budget_key: str) -> tuple[int, int, int, int]:
+            length, vocab = sizes["data.max_len"], sizes.get("data.vocab_size", fixed_vocab)
+            params = seq2seq_params(shape, vocab, cfg.max_len if own_positions else length, cfg.tie_embeddings)
+            return length, vocab, params, max(1, sizes[budget_key] // (2 * length))
+
+        def training(sizes: dict[str, int]) -> list[Part]:
+            length, vocab, params, pairs = common(sizes, "data.max_tokens")
+            return transformer_parts(shape, params, pairs, length, length, pairs * length, vocab)
+
+        def evaluation(state_bytes: int) -> Callable[[dict[str, int]], list[Part]]:
+            def parts(sizes: dict[str, int]) -> list[Part]:
+                length, vocab, params, pairs = common(sizes, "data.eval_max_tokens")
+                budget, beam = sizes["data.eval_max_tokens"], sizes["model.beam_size"]
+                sentences = max(1, budget // 4)
+                decoded = min(4.5 * budget, sentences * min(self.hparams.max_decode_len, cfg.max_len))
+                return [*transformer_parts(shape, params, pairs, length, length, pairs * length, vocab,
+                                           training=False, state_bytes=state_bytes),
+                        *beam_search_parts(shape, beam * sentences, int(beam * (budget + decoded)), vocab)]
+            return parts
+
+        lowest = {"data.max_len": 2, "data.vocab_size": len(SEQ2SEQ_SPECIAL_TOKENS) + 1}
+        eval_sizes = {"data.eval_max_tokens": h.eval_max_tokens, "data.max_len": h.max_len,
+                      "model.beam_size": self.hparams.beam_size}
+        train_sizes = {"data.max_tokens": h.max_tokens, "data.max_len": h.max_len}
+        if vocab_key:
+            train_sizes["data.vocab_size"] = eval_sizes["data.vocab_size"] = h.vocab_size
+        for key in ("data.max_tokens", "data.eval_max_tokens"):
+            lowest[key] = 2 * h.max_len  # the longest pair must fit a batch
+        if stage == "fit":
+            return [Need("one training batch", train_sizes, training, lowest),
+                    Need("one validation batch", eval_sizes, evaluation(TRAIN_STATE_BYTES), lowest)]
+        return [Need("one test batch", eval_sizes, evaluation(VALUE_BYTES), lowest)]
+
+    def _config(self, vocab_size: int) -> Seq2SeqConfig:
+        return self.cfg if self.cfg is not None else self.hparams.net(vocab_size=vocab_size)
 
     def set_tokenizer(self, tokenizer: Tokenizer) -> None:
         vocab = tokenizer.get_vocab_size()
@@ -239,6 +316,26 @@ class Seq2SeqSystem(NonFiniteLossGuard, L.LightningModule):
         if self.model is None:  # load_from_checkpoint outside a trainer: build from the saved config
             self.cfg = Seq2SeqConfig(**checkpoint["seq2seq_config"])
             self.model = Seq2SeqTransformer(self.cfg)
+
+
+def _vocab_bound(h: Any) -> int:
+    """The most tokens the datamodule's tokenizer can have: the synthetic task's symbols and special tokens, a
+    saved tokenizer's size, else data.vocab_size (or the byte-level BPE's 4 special tokens and 256 bytes, which
+    it always holds)."""
+    if h.task == "synthetic":
+        return len(SEQ2SEQ_SPECIAL_TOKENS) + h.synthetic_symbols
+    if h.tokenizer_path:
+        try:
+            return Tokenizer.from_file(str(Path(h.tokenizer_path).expanduser())).get_vocab_size()
+        except Exception:  # tokenizers raises its own Exception type; the datamodule reports a bad file itself
+            pass
+    return max(h.vocab_size, len(SEQ2SEQ_SPECIAL_TOKENS) + 256)
+
+
+def _vocab_source(h: Any) -> str:
+    if h.task == "synthetic":
+        return f"{len(SEQ2SEQ_SPECIAL_TOKENS)} special tokens and data.synthetic_symbols={h.synthetic_symbols}"
+    return "data.tokenizer_path" if h.tokenizer_path else f"data.vocab_size={h.vocab_size}"
 
 
 def gather_objects(items: list[Any]) -> list[Any]:

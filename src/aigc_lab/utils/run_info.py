@@ -44,16 +44,29 @@ def print_config_tree(cfg: DictConfig, save_to: Path | None = None, order: Seque
             rich.print(tree, file=f)
 
 
+_CURRENT_RUN: list[Path] = []  # the run dir this process last marked running (rank zero)
+
+
 @rank_zero_only
 def mark_run(run_dir: Path, status: str, detail: str = "") -> None:
-    """Write ``<run_dir>/STATUS`` (``running``/``done``/``failed: ...``) so a dead run is never a result.
-    A run dir removed during the run stays removed (nothing to mark; recreating it would leave a folder that
-    holds only a STATUS file)."""
+    """Write ``<run_dir>/STATUS`` (``running``/``done``/``failed``/``interrupted``/``killed``, then a detail line)
+    so a dead run is never a result. ``running`` names this process on its second line (``utils/stale_runs.py``:
+    a later launch marks the run ``killed`` once that process is gone). A run dir removed during the run stays
+    removed (nothing to mark; recreating it would leave a folder that holds only a STATUS file)."""
     if status == "running":
+        from aigc_lab.utils.stale_runs import process_line
+
         run_dir.mkdir(parents=True, exist_ok=True)
+        detail = detail or process_line()
+        _CURRENT_RUN[:] = [Path(run_dir)]
     elif not run_dir.is_dir():
         return
     (run_dir / "STATUS").write_text(f"{status}\n{detail}\n" if detail else f"{status}\n")
+
+
+def current_run() -> Path | None:
+    """The run dir this process marked ``running`` last (rank zero; None on other ranks and outside a run)."""
+    return _CURRENT_RUN[0] if _CURRENT_RUN else None
 
 
 PROVENANCE = "provenance.json"

@@ -26,6 +26,12 @@ def at_least(key: str, value: float, low: float) -> None:
     require(value >= low, key, value, f">= {low}")
 
 
+def at_most(key: str, value: float, high: float, why: str = "") -> None:
+    """``value <= high``; ``why`` says where the bound comes from: ``data.vocab_size must be <= 2147483647
+    (token ids are int32), got ...``."""
+    require(value <= high, key, value, f"<= {high}" + (f" ({why})" if why else ""))
+
+
 def in_interval(key: str, value: float | None, low: float, high: float, bounds: str = "[]",
                 optional: bool = False) -> None:
     """``value`` in the interval written by ``bounds``: ``"()"`` open, ``"[]"`` closed, ``"[)"``, ``"(]"``."""
