@@ -17,8 +17,8 @@ import torch
 
 from aigc_lab.checkpoints import load_checkpoint, resolve_checkpoint
 from aigc_lab.data.mnist import load_mnist, to_unit_range
-from aigc_lab.generate import load_generator, sample_images
 from aigc_lab.metrics.fid import ClassifierFeatures, load_classifier, make_fid
+from aigc_lab.sample import load_generator, sample_images
 from aigc_lab.utils.hardware import machine_line
 
 

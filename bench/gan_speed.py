@@ -32,8 +32,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from step_clock import peak_memory_bytes, reset_peak_memory
 
-from aigc_lab.train import conf_dir
 from aigc_lab.utils.hardware import machine_line, resolve_auto
+from aigc_lab.utils.paths import conf_dir
 
 TINY = ("data.batch_size=16", "model.net.g_width=8", "model.net.d_width=8")  # the sizes of tests/runs.py
 TABLE_HEADER = ("| precision | channels_last | Adam kernel | compiled | steps/s | images/s | vs fp32 | compile s "

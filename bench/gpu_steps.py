@@ -227,8 +227,8 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from aigc_lab.train import conf_dir
     from aigc_lab.utils.hardware import resolve_auto
+    from aigc_lab.utils.paths import conf_dir
 
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         cfg = hydra_compose("train", overrides=overrides)
@@ -280,9 +280,8 @@ def run_system(args: argparse.Namespace, system: str) -> dict[str, Any]:
     trainer.fit(system_module, datamodule=data)
     window = clock.window()
     peak = peak_memory_bytes(device)
-    count_flops = tp.flops_counter(system_module)
-    count_tokens = tp.token_counter(system_module)
-    samples = sum(tp.batch_size(b) for b in window.batches)
+    count_samples, count_tokens, count_flops = tp.counters(system_module)
+    samples = sum(count_samples(b) for b in window.batches)
     tokens = sum(count_tokens(b) for b in window.batches) if count_tokens else None
     flops = sum(count_flops(b) or 0 for b in window.batches)
     precision = str(cfg.trainer.precision)  # resolved from `auto` by compose()

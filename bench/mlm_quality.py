@@ -59,8 +59,8 @@ from aigc_lab.data.tokenizer import PAD
 from aigc_lab.errors import UserError
 from aigc_lab.fill_mask import load_mlm
 from aigc_lab.systems.schedule import lr_factor
-from aigc_lab.train import conf_dir
 from aigc_lab.utils.hardware import machine_line, resolve_auto
+from aigc_lab.utils.paths import conf_dir
 
 # (model, input_ids [B, T], attention_mask [B, T] or None, positions [B, T] bool) -> logits [M, V]
 LogitsFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]

@@ -225,8 +225,8 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from aigc_lab.train import conf_dir
     from aigc_lab.utils.hardware import resolve_auto
+    from aigc_lab.utils.paths import conf_dir
 
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         cfg = hydra_compose("train", overrides=overrides)

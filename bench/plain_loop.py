@@ -39,8 +39,8 @@ from aigc_lab.models.gan import Discriminator, Generator, init_dcgan_weights
 from aigc_lab.models.mlm import MaskedLM
 from aigc_lab.models.seq2seq import Seq2SeqTransformer
 from aigc_lab.systems.gan import bce_logits, ema_with_warmup
-from aigc_lab.systems.mlm import weight_decay_groups
 from aigc_lab.systems.schedule import lr_factor
+from aigc_lab.systems.token_system import weight_decay_groups
 from aigc_lab.utils.hardware import resolve_auto
 
 Losses = dict[str, torch.Tensor]  # "train/loss" (or "train/loss_d", "train/loss_g") -> a 0-d tensor

@@ -20,8 +20,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from aigc_lab.train import conf_dir
 from aigc_lab.utils.hardware import machine_line, resolve_auto
+from aigc_lab.utils.paths import conf_dir
 
 
 class Window(L.Callback):

@@ -39,8 +39,8 @@ from aigc_lab.data.parallel import ParallelDataModule, detokenize
 from aigc_lab.data.tokenizer import BOS, EOS, PAD
 from aigc_lab.models.decoding import search
 from aigc_lab.systems.seq2seq import corpus_scores
-from aigc_lab.train import conf_dir
 from aigc_lab.translate import load_seq2seq
+from aigc_lab.utils.paths import conf_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

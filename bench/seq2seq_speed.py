@@ -44,9 +44,9 @@ from aigc_lab.data.parallel import ParallelDataModule
 from aigc_lab.data.tokenizer import BOS, EOS, PAD
 from aigc_lab.models.decoding import beam_search
 from aigc_lab.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
-from aigc_lab.systems.mlm import weight_decay_groups
-from aigc_lab.train import conf_dir
+from aigc_lab.systems.token_system import weight_decay_groups
 from aigc_lab.utils.hardware import machine_line
+from aigc_lab.utils.paths import conf_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -73,7 +73,7 @@ def bad(tmp_path_factory, text_corpus, data_dir) -> SimpleNamespace:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from aigc_lab.train import conf_dir
+    from aigc_lab.utils.paths import conf_dir
 
     with initialize_config_dir(version_base="1.3", config_dir=conf_dir(), job_name="test"):
         cfg = compose(config_name="train", overrides=list(GAN))

@@ -54,7 +54,8 @@ def test_plain_loop_matches_the_launcher(system, tmp_path, data_dir, cache_dir, 
     import plain_loop
     from hydra import compose, initialize_config_dir
 
-    from aigc_lab.train import conf_dir, train
+    from aigc_lab.train import train
+    from aigc_lab.utils.paths import conf_dir
 
     monkeypatch.setenv("AIGC_DATA_DIR", str(data_dir))
     monkeypatch.setenv("AIGC_CACHE_DIR", str(cache_dir))

@@ -191,7 +191,7 @@ RSS_PROBE = """
 import os, sys, torch
 from pathlib import Path
 from aigc_lab.checkpoints import load_checkpoint
-from aigc_lab.generate import load_generator, sample_chunks, stream_npy
+from aigc_lab.sample import load_generator, sample_chunks, stream_npy
 torch.set_num_threads(1)
 generator, prior = load_generator(load_checkpoint(sys.argv[1]))
 n, out = int(sys.argv[3]), Path(sys.argv[2])
@@ -338,8 +338,8 @@ def test_presets_fit_a_small_machine():
     from hydra.utils import instantiate
     from lightning.fabric.utilities.data import AttributeDict
 
-    from aigc_lab.train import conf_dir
     from aigc_lab.utils.hardware import resolve_auto
+    from aigc_lab.utils.paths import conf_dir
 
     for experiment in ("mlm_pydocs", "mlm_tiny", "seq2seq_en_fr", "seq2seq_synthetic", "gan_mnist", "mnist_classifier"):
         with initialize_config_dir(version_base="1.3", config_dir=conf_dir(), job_name="test"):

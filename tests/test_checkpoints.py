@@ -3,7 +3,7 @@ import torch
 
 from aigc_lab.checkpoints import load_checkpoint, resolve_checkpoint
 from aigc_lab.errors import UserError
-from aigc_lab.generate import load_generator
+from aigc_lab.systems.gan import load_generator
 
 
 def _save(path, blob):

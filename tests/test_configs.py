@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from aigc_lab.train import conf_dir
 from aigc_lab.utils.config_check import check_targets
+from aigc_lab.utils.paths import conf_dir
 
 EXPERIMENTS = sorted(p.stem for p in (Path(conf_dir()) / "experiment").glob("*.yaml"))
 DEBUGS = sorted(p.stem for p in (Path(conf_dir()) / "debug").glob("*.yaml"))

@@ -1,4 +1,4 @@
-"""Faults a run survives (issue 6): SIGTERM and Ctrl+C during training (a resumable checkpoint, a clean exit,
+"""Faults a run survives: SIGTERM and Ctrl+C during training (a resumable checkpoint, a clean exit,
 then resumed to the planned end), a kill -9 while a checkpoint is written (the previous one survives), NaN/inf
 losses (skipped and counted, or a stop that keeps the last good checkpoint), a full disk and a removed run dir.
 

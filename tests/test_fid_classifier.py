@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-from aigc_lab.systems.classifier import train_feature_classifier
+from aigc_lab.fid_classifier import train_feature_classifier
 
 
 def test_same_classifier_whatever_the_random_state(data_dir, tmp_path, caplog, single_thread):

@@ -12,8 +12,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from aigc_lab.errors import ConfigError
-from aigc_lab.train import conf_dir
 from aigc_lab.utils import hardware as hw
+from aigc_lab.utils.paths import conf_dir
 
 TINY_GAN = ("experiment=gan_mnist", "debug=fdr", "data.batch_size=16", "data.eval_batch_size=50",
             "model.net.g_width=8", "model.net.d_width=8", "model.fid_features=none",

@@ -74,7 +74,7 @@ def test_checkpoint_fills_masks_and_resumes(run_cli, tmp_path, text_corpus):
     [
         ("missing", "text file not found: {missing} (data.train_files)"),
         ("empty", "empty corpus: no text in {empty}"),
-        ("short", "fewer than one block of 32"),
+        ("short", "data.block_size=32 needs 30 tokens per block"),
         ("mask_rate", "mask_rate must be in (0, 1), got 1.5"),
     ],
 )

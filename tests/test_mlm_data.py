@@ -171,7 +171,7 @@ def test_empty_and_short_corpora(text_corpus, tmp_path):
         _dm(text_corpus, tmp_path, train_files=str(empty)).prepare_data()
     short = tmp_path / "short.txt"
     short.write_text("The parser reads the file.\n")
-    with pytest.raises(CorpusError, match="fewer than one block of 32"):
+    with pytest.raises(CorpusError, match="data.block_size=32 needs 30 tokens per block"):
         _dm(text_corpus, tmp_path, val_files=str(short)).setup()
     assert issubclass(CorpusError, UserError)
 

@@ -202,7 +202,7 @@ def test_hparams_search_configs(experiment, search, metric, direction):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from aigc_lab.train import conf_dir
+    from aigc_lab.utils.paths import conf_dir
 
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={experiment}", f"hparams_search={search}"],

@@ -54,39 +54,45 @@ def test_dense_peaks(monkeypatch):
 
 
 def test_mlm_formula_by_hand():
-    # N = 2 blocks of 8 parameters + a final LayerNorm of 4 = 20; 2 layers, width 4, vocabulary 7;
+    from aigc_lab.systems.mlm import SPEC, mlm_train_flops
+
+    # N = an encoder of 2 blocks of 8 parameters + a final LayerNorm of 4 = 20; 2 layers, width 4, vocabulary 7;
     # one sequence of 5 positions: 3 tokens and 2 pads, 2 of the tokens masked.
-    blocks = torch.nn.ModuleList([torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)])
-    system = SimpleNamespace(model=SimpleNamespace(blocks=blocks, ln_f=torch.nn.LayerNorm(2)),
+    encoder = torch.nn.ModuleList([torch.nn.Linear(3, 2), torch.nn.Linear(3, 2), torch.nn.LayerNorm(2)])
+    system = SimpleNamespace(model=SimpleNamespace(encoder=encoder),
                              cfg=SimpleNamespace(n_layers=2, d_model=4, vocab_size=7))
     batch = {"input_ids": torch.zeros(1, 5), "attention_mask": torch.tensor([[1, 1, 1, 0, 0]]),
              "labels": torch.tensor([[-100, 4, 5, -100, -100]])}
-    assert tp.mlm_train_flops(system, batch) == 3 * (6 * 20 + 12 * 2 * 4 * 5) + 2 * 6 * 7 * 4
-    assert tp.batch_size(batch) == 1 and tp._mlm_tokens(batch) == 3
+    assert mlm_train_flops(system, batch) == 3 * (6 * 20 + 12 * 2 * 4 * 5) + 2 * 6 * 7 * 4
+    assert SPEC.count_samples(batch) == 1 and SPEC.count_tokens(system, batch) == 3
 
 
 def test_gan_flops_are_measured_without_touching_the_networks(single_thread):
     from aigc_lab.models.gan import GANConfig
-    from aigc_lab.systems.gan import GANSystem
+    from aigc_lab.systems.gan import GANSystem, gan_train_flops
 
     adam = partial(torch.optim.Adam, lr=1e-3)
     system = GANSystem(GANConfig(g_width=8, d_width=8), adam, adam, fid_features="none")
     before = {k: v.clone() for k, v in system.state_dict().items()}
     batch = (torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long))
-    flops = tp.gan_train_flops(system, batch)
+    flops = gan_train_flops(system, batch)
     two_critics = GANSystem(GANConfig(g_width=8, d_width=8), adam, adam, fid_features="none", n_critic=2)
-    assert 0 < flops < tp.gan_train_flops(two_critics, batch)
-    assert tp.gan_train_flops(system, (torch.zeros(8, 1, 28, 28), torch.zeros(8, dtype=torch.long))) > flops
+    assert 0 < flops < gan_train_flops(two_critics, batch)
+    assert gan_train_flops(system, (torch.zeros(8, 1, 28, 28), torch.zeros(8, dtype=torch.long))) > flops
     for key, value in system.state_dict().items():
         torch.testing.assert_close(value, before[key])  # batch-norm statistics, spectral-norm vectors
 
 
 def test_gan_flops_are_measured_on_the_first_batch_only(monkeypatch):
+    import dataclasses
+
     from aigc_lab.models.gan import GANConfig
     from aigc_lab.systems.gan import GANSystem
 
     calls = []
-    monkeypatch.setattr(tp, "gan_train_flops", lambda system, batch: calls.append(batch) or 123)
     adam = partial(torch.optim.Adam, lr=1e-3)
-    count = tp.flops_counter(GANSystem(GANConfig(g_width=8, d_width=8), adam, adam, fid_features="none"))
+    system = GANSystem(GANConfig(g_width=8, d_width=8), adam, adam, fid_features="none")
+    spec = dataclasses.replace(system.spec, train_flops=lambda system, batch: calls.append(batch) or 123)
+    monkeypatch.setattr(system, "spec", spec)  # the GAN's own spec: FLOPs the same every batch (flops_vary=False)
+    _, _, count = tp.counters(system)
     assert [count(("batch", i)) for i in range(3)] == [123, 123, 123] and len(calls) == 1

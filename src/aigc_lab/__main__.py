@@ -16,7 +16,7 @@ def cli() -> None:
     from aigc_lab.train import main
     from aigc_lab.utils.malloc import keep_freed_memory
 
-    keep_freed_memory()  # before the first tensor: ~1.2x faster steps on CPU (utils/malloc.py)
+    keep_freed_memory()  # before the first tensor: faster steps on CPU (utils/malloc.py, BENCHMARKS.md)
     try:
         sys.argv = launch_argv(sys.argv)
     except UserError as err:

@@ -1,4 +1,13 @@
-"""Finding and reading checkpoints with errors a user can act on."""
+"""Finding and reading checkpoints with errors a user can act on.
+
+One rule maps a run dir to a checkpoint, for every command that takes ``ckpt_path=<run dir>``:
+
+- to go on training (a resume) it is ``checkpoints/last.ckpt``, the latest state (``last_checkpoint``);
+- to use the model (``eval``, ``generate``) it is the best checkpoint as the run's checkpointing recorded it
+  (its monitor, e.g. ``val/fid``), else ``last.ckpt`` when the run kept no best (``best_checkpoint``).
+
+A ``.ckpt`` file is taken as it is by all of them.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +18,22 @@ from typing import Any
 import torch
 
 from aigc_lab.errors import UserError
+from aigc_lab.systems.spec import SystemSpec, spec_of, spec_of_checkpoint
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A ``.ckpt`` file as is; for a run dir, its best checkpoint (as recorded in last.ckpt), else last.ckpt."""
+    """The checkpoint to use a model from: a ``.ckpt`` file as is; for a run dir, ``best_checkpoint``."""
     path = Path(path).expanduser()
     if path.is_file():
         return path
     if not path.exists():
         raise UserError(f"checkpoint not found: {path} (give a .ckpt file or a run dir under outputs/)")
-    last = last_checkpoint(path)
+    return best_checkpoint(path)
+
+
+def best_checkpoint(run_dir: str | Path) -> Path:
+    """A run dir's best checkpoint (as recorded in its last.ckpt), else its ``last_checkpoint``."""
+    last = last_checkpoint(run_dir)
     if last.name == "last.ckpt":
         best = _best_from(last)
         return best if best is not None else last
@@ -67,14 +82,9 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     return blob
 
 
-# The key each system's on_save_checkpoint adds (systems/*.py), and what it names.
-SYSTEM_KEYS = {"gan_config": "a GAN (experiment=gan_mnist)", "mlm_config": "a masked LM (experiment=mlm_*)",
-               "seq2seq_config": "a seq2seq model (experiment=seq2seq_*)"}
-
-
-def system_of(ckpt: dict[str, Any]) -> str | None:
-    """The SYSTEM_KEYS key a checkpoint holds, or None (e.g. the MNIST classifier's)."""
-    return next((key for key in SYSTEM_KEYS if key in ckpt), None)
+def describe(spec: SystemSpec | None) -> str:
+    """How messages name a system's checkpoints: ``a GAN (experiment=gan_mnist)``."""
+    return spec.describes if spec is not None else "another kind of model"
 
 
 def check_checkpoint_for(path: str | Path, system: Any, key: str = "ckpt_path") -> None:
@@ -83,13 +93,13 @@ def check_checkpoint_for(path: str | Path, system: Any, key: str = "ckpt_path") 
     if not Path(path).is_file():
         raise UserError(f"{key}={path}: no such checkpoint file")
     ckpt = load_checkpoint(path, mmap=True)
-    found, expected = system_of(ckpt), getattr(system, "checkpoint_key", None)
-    if found != expected:
-        what = SYSTEM_KEYS.get(found, "another kind of model")
-        raise UserError(f"{key}={path} is a checkpoint of {what}, not of this run's {type(system).__name__}: "
-                        f"give a checkpoint of the same experiment")
-    if found is not None:
-        changed = net_changes(ckpt[found], system.hparams.get("net"))
+    found, expected = spec_of_checkpoint(ckpt), spec_of(system)
+    unmarked = found is None and (expected is None or expected.checkpoint_key is None)  # e.g. the classifier's
+    if not unmarked and (found is None or expected is None or found.name != expected.name):
+        raise UserError(f"{key}={path} is a checkpoint of {describe(found)}, not of this run's "
+                        f"{type(system).__name__}: give a checkpoint of the same experiment")
+    if found is not None and found.checkpoint_key in ckpt:
+        changed = net_changes(ckpt[found.checkpoint_key], system.hparams.get("net"))
         if changed:
             raise UserError(f"{key}={path} has another network than model.net here ({'; '.join(changed[:4])}): "
                             f"use the run's model.net settings (or resume from its run dir, which repeats them)")
@@ -101,7 +111,3 @@ def net_changes(saved: dict[str, Any], net: Any) -> list[str]:
     current = asdict(net) if is_dataclass(net) else dict(getattr(net, "keywords", {}))
     return [f"model.net.{k}={v}, checkpoint {saved[k]}" for k, v in current.items()
             if k != "dropout" and k in saved and saved[k] != v]
-
-
-def sub_state_dict(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}

@@ -1,10 +1,11 @@
-"""Test a finished run again: ``python -m aigc_lab.eval run_dir=<run dir> [ckpt=best|last|FILE] [overrides]``.
+"""Test a finished run again: ``python -m aigc_lab.eval run_dir=<run dir> [ckpt_path=best|last|FILE] [overrides]``.
 
 The run is rebuilt from its saved config, ``<run dir>/.hydra/config.yaml``, so the experiment and the
 run's overrides need not be repeated (and a later change to ``conf/`` does not change the model).
 Hydra composes it with the command's other overrides (``data.test_file=other.tsv trainer.precision=
 bf16-mixed trainer.devices=1``; unknown keys are refused as in training), the datamodule and system are
-instantiated by ``_target_``, the best checkpoint is loaded (``ckpt=last`` or a file otherwise) and
+instantiated by ``_target_``, the best checkpoint is loaded (``ckpt_path=last`` or a file otherwise, the rule of
+checkpoints.py; ``ckpt=`` is an alias of ``ckpt_path=``, said so on stderr) and
 ``trainer.test`` runs. The test metrics are printed and saved, with the checkpoint and overrides used, as
 ``<run dir>/eval_<date>_<time>.json`` (or ``out=``). Nothing else in the run dir changes: no logger,
 no checkpointing. Before the data is read, one test batch's memory is checked against this machine
@@ -25,7 +26,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from aigc_lab.errors import UserError
-from aigc_lab.train import _user_message, conf_dir
+from aigc_lab.train import _user_message
+from aigc_lab.utils.paths import conf_dir
 from aigc_lab.utils.signals import stops_on_signals
 from aigc_lab.utils.stale_runs import mark_if_killed
 
@@ -51,12 +53,23 @@ def main(argv: list[str] | None = None) -> None:
 def split_args(args: list[str]) -> tuple[DictConfig, list[str]]:
     """(eval options: conf/eval.yaml with the command's values for its keys, overrides of the run's config)."""
     options = OmegaConf.load(Path(conf_dir()) / "eval.yaml")
+    args = [_alias(a) for a in args]
     keys = set(options.keys())  # (`in` on a DictConfig is False for a missing value such as run_dir's)
     mine = [a for a in args if a.split("=", 1)[0] in keys]
     options = OmegaConf.merge(options, OmegaConf.from_dotlist(mine))
     if OmegaConf.is_missing(options, "run_dir"):
         raise UserError("give the run to evaluate: python -m aigc_lab.eval run_dir=outputs/<task>/runs/<time>")
     return options, [a for a in args if a not in mine]
+
+
+def _alias(arg: str) -> str:
+    """``ckpt=X`` -> ``ckpt_path=X``, the key every command takes (with a note)."""
+    key, sep, value = arg.partition("=")
+    if key != "ckpt" or not sep:
+        return arg
+    print(f"note: ckpt= is an alias of ckpt_path= (the key of training and generate): ckpt_path={value}",
+          file=sys.stderr)
+    return f"ckpt_path={value}"
 
 
 def evaluate(options: DictConfig, overrides: list[str]) -> dict[str, float]:
@@ -66,10 +79,10 @@ def evaluate(options: DictConfig, overrides: list[str]) -> dict[str, float]:
 
     from aigc_lab.callbacks.progress import progress_bar
     from aigc_lab.checkpoints import check_checkpoint_for
+    from aigc_lab.systems.spec import spec_of
     from aigc_lab.utils.config_check import check_targets
     from aigc_lab.utils.devices import check_trainer_hardware, instantiate_trainer
     from aigc_lab.utils.hardware import resolve_auto
-    from aigc_lab.utils.memory import check_system_sizes
 
     if options.progress_every_n_batches < 1:
         raise UserError(f"progress_every_n_batches must be >= 1, got {options.progress_every_n_batches}")
@@ -79,13 +92,16 @@ def evaluate(options: DictConfig, overrides: list[str]) -> dict[str, float]:
     check_trainer_hardware(cfg.trainer)
     resolve_auto(cfg)
     check_targets(cfg)
-    ckpt = pick_checkpoint(run_dir, str(options.ckpt))
+    ckpt = pick_checkpoint(run_dir, str(options.ckpt_path))
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     system = instantiate(cfg.model)
-    check_system_sizes(system, datamodule, cfg.trainer, stage="test")  # one test batch against this machine
-    check_checkpoint_for(ckpt, system, key="ckpt")
+    system.check_sizes(datamodule, cfg.trainer, stage="test")  # one test batch against this machine
+    spec = spec_of(system)
+    if spec is not None:
+        spec.run_prepare(cfg)  # prerequisite stages (the GAN's FID classifier)
+    check_checkpoint_for(ckpt, system)
     progress = progress_bar(every_n_steps=options.progress_every_n_batches)
     trainer = instantiate_trainer(cfg.trainer, logger=False, callbacks=[progress], enable_checkpointing=False)
     # weights_only=False: our checkpoints hold config objects (partials, dataclasses) in their hparams
@@ -113,10 +129,11 @@ def load_run_config(run_dir: Path, overrides: list[str]) -> DictConfig:
 
 
 def pick_checkpoint(run_dir: Path, ckpt: str) -> Path:
-    from aigc_lab.checkpoints import last_checkpoint, resolve_checkpoint
+    """``best`` or ``last`` of the run dir (checkpoints.py), or a checkpoint file."""
+    from aigc_lab.checkpoints import best_checkpoint, last_checkpoint, resolve_checkpoint
 
     if ckpt == "best":
-        return resolve_checkpoint(run_dir)
+        return best_checkpoint(run_dir)
     if ckpt == "last":
         return last_checkpoint(run_dir)
     return resolve_checkpoint(ckpt)

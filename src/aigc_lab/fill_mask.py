@@ -1,25 +1,21 @@
-"""Fill-mask inference from a masked-LM checkpoint alone (it holds the config and the tokenizer)."""
+"""Fill-mask inference from a masked-LM checkpoint alone (it holds the config and the tokenizer):
+``python -m aigc_lab.generate ckpt_path=<mlm run> text="The [MASK] module" top_k=5`` (the masked LM spec's
+inference entry, ``run``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from omegaconf import DictConfig
 from tokenizers import Tokenizer
 
-from aigc_lab.checkpoints import sub_state_dict
-from aigc_lab.data.tokenizer import MASK, SPECIAL_TOKENS, tokenizer_from_json
+from aigc_lab.data.tokenizer import MASK, SPECIAL_TOKENS
 from aigc_lab.errors import UserError
-from aigc_lab.models.mlm import MaskedLM, MLMConfig
+from aigc_lab.models.mlm import MaskedLM
+from aigc_lab.systems.mlm import load_mlm
 
 Prediction = list[tuple[str, float]]  # (token, probability), best first
-
-
-def load_mlm(ckpt: dict) -> tuple[MaskedLM, Tokenizer]:
-    """The masked LM of a checkpoint, in eval mode, and its tokenizer."""
-    if "mlm_config" not in ckpt or not ckpt.get("tokenizer_json"):
-        raise UserError("this checkpoint is not a masked LM's (no mlm_config/tokenizer_json): give an mlm_* checkpoint")
-    model = MaskedLM(MLMConfig(**ckpt["mlm_config"]))
-    model.load_state_dict(sub_state_dict(ckpt["state_dict"], "model."))
-    return model.eval(), tokenizer_from_json(ckpt["tokenizer_json"])
 
 
 @torch.no_grad()
@@ -49,3 +45,12 @@ def format_predictions(text: str, predictions: list[Prediction]) -> str:
         lines.append(f"{MASK} {n}:")
         lines += [f"  {rank}. {token:<20} {p:.4f}" for rank, (token, p) in enumerate(candidates, start=1)]
     return "\n".join(lines)
+
+
+def run(cfg: DictConfig, ckpt: dict, ckpt_path: Path) -> None:
+    """``generate``'s entry for a masked-LM checkpoint: the top-k tokens of each [MASK] of ``text``, printed."""
+    if not cfg.get("text"):
+        raise UserError('this is a masked-LM checkpoint: it needs text="... [MASK] ..." (and optionally top_k=5); '
+                        'images need a GAN checkpoint (gan_mnist), translations a seq2seq one')
+    model, tokenizer = load_mlm(ckpt)
+    print(format_predictions(cfg.text, fill_mask(model, tokenizer, cfg.text, cfg.top_k)))

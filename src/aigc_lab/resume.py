@@ -36,7 +36,6 @@ callback restores the random number generators. Under ``--multirun`` only a chec
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,9 +44,9 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from aigc_lab.errors import UserError
+from aigc_lab.utils.overrides import quote
 
 KEY = "ckpt_path"
-_PLAIN = re.compile(r"[\w./:@+%-]+")  # override values that need no quotes in Hydra's grammar
 
 
 def launch_argv(argv: list[str]) -> list[str]:
@@ -120,10 +119,10 @@ def compose_launch(argv: list[str]) -> DictConfig | None:
     """The config (with its ``hydra`` node) Hydra's run will compose for this command; None if it does not."""
     from hydra import compose, initialize_config_dir
 
-    from aigc_lab.train import conf_dir
+    from aigc_lab.utils.paths import conf_dir
 
     ns, overrides = _parse(argv[1:]) or (None, [])
-    task_overrides = [o.input_line for o in overrides if not _key(o).startswith("hydra")]
+    task_overrides = [o.input_line for o in overrides if _composes(_key(o))]
     try:
         with initialize_config_dir(version_base="1.3", config_dir=conf_dir(), job_name="train"):
             return compose(config_name=getattr(ns, "config_name", None) or "train", overrides=task_overrides,
@@ -183,9 +182,9 @@ def _task_and_log_dir(overrides: list[str]) -> tuple[str, str]:
     """task_name and paths.log_dir as this command would compose them (the experiment sets the task)."""
     from hydra import compose, initialize_config_dir
 
-    from aigc_lab.train import conf_dir
+    from aigc_lab.utils.paths import conf_dir
 
-    task_overrides = [o for o in overrides if not _key_of(o).startswith("hydra")]
+    task_overrides = [o for o in overrides if _composes(_key_of(o))]
     with initialize_config_dir(version_base="1.3", config_dir=conf_dir(), job_name="resume"):
         cfg = compose(config_name="train", overrides=task_overrides)
     return str(cfg.task_name), str(cfg.paths.log_dir)
@@ -193,25 +192,21 @@ def _task_and_log_dir(overrides: list[str]) -> tuple[str, str]:
 
 def original_overrides(run_dir: Path) -> list[str]:
     """The command-line overrides of the run's latest launch: its newest ``.hydra.<n>/overrides.yaml``, else
-    ``.hydra/overrides.yaml`` (the first launch's)."""
+    ``.hydra/overrides.yaml`` (the first launch's); and the first launch's ``hydra.searchpath`` (config folders
+    outside ``conf/``, e.g. a system of one's own), without which its config would not compose again."""
     from omegaconf import OmegaConf
 
     found = [d / "overrides.yaml" for d in launch_configs(run_dir) if (d / "overrides.yaml").is_file()]
-    return [str(o) for o in OmegaConf.load(found[-1])] if found else []
+    task = [str(o) for o in OmegaConf.load(found[-1])] if found else []
+    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+    hydra = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.overrides.hydra") if hydra_yaml.is_file() else None
+    return task + [str(o) for o in hydra or [] if _key_of(str(o)) == "hydra.searchpath"]
 
 
 def launch_configs(run_dir: Path) -> list[Path]:
     """The run's Hydra config folders by launch: ``.hydra`` (the first launch), then ``.hydra.<n>`` by n."""
     later = [p for p in run_dir.glob(".hydra.*") if p.suffix[1:].isdigit()]
     return [run_dir / ".hydra", *sorted(later, key=lambda p: int(p.suffix[1:]))]
-
-
-def quote(value: str | Path) -> str:
-    """A value as a Hydra override: as is when plain, else single-quoted (paths with spaces, commas...)."""
-    text = str(value)
-    if _PLAIN.fullmatch(text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _parse(args: list[str]):
@@ -230,6 +225,11 @@ def _parse(args: list[str]):
 
 def _key(override) -> str:
     return override.get_key_element().lstrip("~+")
+
+
+def _composes(key: str) -> bool:
+    """Whether an override with this key changes the composed config (task keys, and Hydra's search path)."""
+    return not key.startswith("hydra") or key == "hydra.searchpath"
 
 
 def _key_of(line: str) -> str:

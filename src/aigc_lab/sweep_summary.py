@@ -78,7 +78,8 @@ def summarize(sweep_dir: Path, metric: str | None, direction: str) -> list[Path]
     write_markdown(sweep_dir / "summary.md", header, rows, metric, direction)
     from aigc_lab.utils.sweep_plot import plot_sweep  # matplotlib only when there is something to draw
 
-    plot_sweep(sweep_dir / "summary.png", jobs, swept_keys(jobs), metric)
+    plot_sweep(sweep_dir / "summary.png", [job.name for job in jobs], [job.params for job in jobs],
+               [value_of(job, metric) for job in jobs], swept_keys(jobs), metric)
     return [sweep_dir / name for name in ("summary.csv", "summary.md", "summary.png")]
 
 

@@ -20,6 +20,7 @@ import hydra
 from omegaconf import DictConfig
 
 from aigc_lab.errors import UserError
+from aigc_lab.utils.paths import conf_dir
 
 log = logging.getLogger("aigc_lab")
 
@@ -30,15 +31,6 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
-def conf_dir() -> str:
-    """The repo's ``conf/`` in a source checkout, else the copy packaged inside the wheel."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parents[1] / "conf", here / "conf"):
-        if (candidate / "train.yaml").exists():
-            return str(candidate)
-    raise FileNotFoundError(f"no conf/train.yaml next to {here}")
-
-
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit and test from a composed config; returns (fit metrics, test metrics)."""
     import lightning as L  # imported here so that `--help` and config errors come back fast
@@ -46,12 +38,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     from omegaconf import OmegaConf
 
     from aigc_lab.checkpoints import check_checkpoint_for
+    from aigc_lab.systems.spec import spec_of
     from aigc_lab.utils.config_check import check_targets
     from aigc_lab.utils.ddp import prepare_ddp_launch
     from aigc_lab.utils.devices import check_trainer_hardware, instantiate_trainer
     from aigc_lab.utils.final_metrics import log_hparams_with_metrics, scalar_metrics
     from aigc_lab.utils.hardware import resolve_auto
-    from aigc_lab.utils.memory import check_system_sizes
     from aigc_lab.utils.run_info import (
         launch_file,
         launch_number,
@@ -80,12 +72,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     log.info("Instantiating system <%s>", cfg.model._target_)
     system = instantiate(cfg.model)
     check_pairing(system, datamodule)
-    check_system_sizes(system, datamodule, cfg.trainer)  # against the model and this machine's memory
+    system.check_sizes(datamodule, cfg.trainer)  # against the model and this machine's memory
+    spec = spec_of(system)
+    if spec is not None:
+        spec.run_prepare(cfg)  # prerequisite stages (the GAN's FID classifier), each in a run dir of its own
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     if ckpt_path and cfg.get("train", True):
         check_checkpoint_for(ckpt_path, system)  # Lightning's own errors: a page of missing keys or a UnicodeError
-    prepare_ddp_launch(cfg.trainer, system)  # DDP ranks start as single runs in this job's folder
+    # DDP ranks start as single runs in this job's folder
+    prepare_ddp_launch(cfg.trainer, spec is not None and spec.ddp_find_unused_parameters, type(system).__name__)
     trainer = instantiate_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams_record(cfg, system))
@@ -110,8 +106,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def check_pairing(system: Any, datamodule: Any) -> None:
     """A system and a datamodule of different systems (``experiment=gan_mnist data=text``) would fail in the
-    first batch with a traceback; both name their conf/data option (a class without one is not judged)."""
-    wanted, given = getattr(system, "data_option", None), getattr(datamodule, "data_option", None)
+    first batch with a traceback: the system's spec and the datamodule name their conf/data option (classes
+    without one are not judged)."""
+    from aigc_lab.systems.spec import spec_of
+
+    spec = spec_of(system)
+    wanted, given = spec.data_option if spec else None, getattr(datamodule, "data_option", None)
     if wanted and given and wanted != given:
         raise UserError(f"{type(system).__name__} trains on data={wanted}, but this config gives data={given} "
                         f"({type(datamodule).__name__}): use data={wanted}, or the experiment of the system you want")
@@ -256,7 +256,6 @@ def check_before_writing(cfg: DictConfig) -> None:
     from aigc_lab.utils.config_check import check_targets
     from aigc_lab.utils.devices import check_trainer_hardware, instantiate_trainer
     from aigc_lab.utils.hardware import resolve_auto
-    from aigc_lab.utils.memory import check_system_sizes
 
     with _quiet():  # the launch that follows logs (and warns) the same, once
         check_trainer_hardware(cfg.trainer)
@@ -265,7 +264,7 @@ def check_before_writing(cfg: DictConfig) -> None:
         datamodule = instantiate(cfg.data)
         system = instantiate(cfg.model)
         check_pairing(system, datamodule)
-        check_system_sizes(system, datamodule, cfg.trainer)
+        system.check_sizes(datamodule, cfg.trainer)
         if cfg.get("ckpt_path") and cfg.get("train", True):
             check_checkpoint_for(cfg.ckpt_path, system)
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]

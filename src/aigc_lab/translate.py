@@ -1,29 +1,31 @@
-"""Translation from a seq2seq checkpoint alone (it holds the model config and the tokenizer)."""
+"""Translation from a seq2seq checkpoint alone (it holds the model config and the tokenizer):
+``python -m aigc_lab.generate ckpt_path=<seq2seq run> text="..."`` prints one translation, ``input=FILE
+[out=FILE]`` translates a file line by line, streamed: ``translate_batch_size x 16`` lines are read, translated
+and written (to ``out`` through a temporary file, else to stdout) at a time, with progress. ``beam_size=4``
+(1 = greedy, at most the vocabulary) and ``length_penalty=1.0`` steer the search, ``max_len`` (at most the
+model's) caps a translation. The memory of one batch of beams is checked first. ``run`` is the seq2seq spec's
+inference entry."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 from tokenizers import Tokenizer
 
-from aigc_lab.checkpoints import sub_state_dict
+from aigc_lab.callbacks.progress import LoopProgress
 from aigc_lab.data.parallel import detokenize, encode_texts
-from aigc_lab.data.tokenizer import BOS, EOS, PAD, SEQ2SEQ_SPECIAL_TOKENS, tokenizer_from_json
+from aigc_lab.data.tokenizer import BOS, EOS, PAD
 from aigc_lab.errors import UserError
 from aigc_lab.models.decoding import search
-from aigc_lab.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
-
-
-def load_seq2seq(ckpt: dict) -> tuple[Seq2SeqTransformer, Tokenizer]:
-    """The seq2seq model of a checkpoint, in eval mode, and its tokenizer."""
-    if "seq2seq_config" not in ckpt or not ckpt.get("tokenizer_json"):
-        raise UserError("this checkpoint is not a seq2seq model's (no seq2seq_config/tokenizer_json): "
-                        "give a seq2seq_* checkpoint")
-    model = Seq2SeqTransformer(Seq2SeqConfig(**ckpt["seq2seq_config"]))
-    model.load_state_dict(sub_state_dict(ckpt["state_dict"], "model."))
-    return model.eval(), tokenizer_from_json(ckpt["tokenizer_json"], SEQ2SEQ_SPECIAL_TOKENS)
+from aigc_lab.models.seq2seq import Seq2SeqTransformer
+from aigc_lab.systems.seq2seq import load_seq2seq
+from aigc_lab.utils.memory import Need, Part, check_memory, memory_limit
+from aigc_lab.utils.paths import ensure_dir
 
 
 def check_search(model: Seq2SeqTransformer, beam_size: int, max_len: int | None, batch_size: int) -> None:
@@ -124,3 +126,73 @@ def _translate_block(model: Seq2SeqTransformer, tokenizer: Tokenizer, sentences:
         for i, text in zip(rows, detokenize(tokenizer, hyps)):
             out[i] = text
     return out, cut
+
+
+def run(cfg: DictConfig, ckpt: dict, ckpt_path: Path) -> Path | None:
+    """``generate``'s entry for a seq2seq checkpoint (the module docstring)."""
+    text, source = cfg.get("text"), cfg.get("input")
+    if (text is None) == (source is None):
+        raise UserError('this is a seq2seq checkpoint: it needs text="..." or input=FILE (and optionally out=FILE), '
+                        'not both; images need a GAN checkpoint (gan_mnist), fill-mask an mlm_* one')
+    path = Path(source).expanduser() if source is not None else None
+    if path is not None and not path.is_file():
+        raise UserError(f"input file not found: {path}")
+    model, tokenizer = load_seq2seq(ckpt)
+    check_search(model, cfg.beam_size, cfg.max_len, cfg.translate_batch_size)
+    check_memory(translate_needs(model, cfg), memory_limit())
+    if path is None:
+        lines, total = [str(text)], 1
+    else:
+        lines, total = _lines(path), sum(1 for _ in _lines(path))
+    out = Path(cfg.out).expanduser() if path is not None and cfg.out else None
+    if out is not None:
+        ensure_dir(out.parent, "the translations (out=)")
+    blocks = translate_stream(model, tokenizer, lines, cfg.beam_size, cfg.length_penalty, cfg.max_len,
+                              cfg.translate_batch_size)
+    with LoopProgress(total, "lines", "translating", cfg.progress_every) as progress:
+        blocks = progress.track(blocks, size=len)
+        if out is None:
+            for block in blocks:
+                print("\n".join(block), flush=True)
+            return None
+        write_lines(blocks, out)
+    print(f"translated {total} line(s) from {path} to {out}")
+    return out
+
+
+def _lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 file (undecodable bytes replaced), read one at a time."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            yield line.removesuffix("\n")
+
+
+def write_lines(blocks: Iterator[list[str]], out: Path) -> None:
+    """Each block's lines, appended as they come to a temporary file beside ``out`` that replaces it at the end."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for block in blocks:
+                f.write("".join(f"{line}\n" for line in block))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def translate_needs(model: torch.nn.Module, cfg: DictConfig) -> list[Need]:
+    """Memory of one batch: the encoder over translate_batch_size sources of the model's longest length, and beam
+    search over batch x beam hypotheses with their key/value cache (utils/memory.py)."""
+    from aigc_lab.utils.memory import VALUE_BYTES, TransformerShape, beam_search_parts, param_count, transformer_parts
+
+    shape, params = TransformerShape.of(model.cfg), param_count(model)
+    source = model.cfg.max_len
+    target = min(cfg.max_len or source, source)
+
+    def parts(sizes: dict[str, int]) -> list[Part]:
+        batch, beam = sizes["translate_batch_size"], sizes["beam_size"]
+        rows = batch * beam
+        return [*transformer_parts(shape, params, batch, source, training=False, state_bytes=VALUE_BYTES),
+                *beam_search_parts(shape, rows, rows * (source + target), model.cfg.vocab_size)]
+
+    return [Need("one batch of translations", {"translate_batch_size": cfg.translate_batch_size,
+                                               "beam_size": cfg.beam_size}, parts)]

@@ -1,13 +1,13 @@
 """Throughput and model-FLOPs utilisation (MFU), on top of Lightning's ``ThroughputMonitor``.
 
 Lightning's callback does the timing, the rolling window and the logging (every ``log_every_n_steps``
-training steps, on rank zero); this subclass adds what it leaves to the user:
+training steps, on rank zero); this subclass adds what it leaves to the user, from the system's spec
+(``systems/spec.py``):
 
-- how many samples and tokens a batch holds, for the project's three batch types: MNIST ``(images,
-  labels)`` (samples only), masked-LM dicts (tokens = non-pad ``input_ids``) and seq2seq dicts (tokens =
-  non-pad target tokens, ``tgt_out``);
-- the training FLOPs of each batch (``flops_per_batch``, which ``ThroughputMonitor`` reads from the
-  module), from the formulas below; evaluation batches get none (beam search is not a training step);
+- how many samples and tokens a batch holds (``count_samples``, ``count_tokens``: no tokens for images);
+- the training FLOPs of each batch (``train_flops``, which ``ThroughputMonitor`` reads from the module as
+  ``flops_per_batch``; each system's file gives its formula), counted once when every batch has the same
+  (``flops_vary=False``); evaluation batches get none (beam search is not a training step);
 - the device's peak: ``peak_flops`` when configured (FLOP/s per device, e.g. for a CPU), else the small
   table ``DENSE_PEAKS`` of dense tensor-core peaks (Lightning's own table has no entry for plain "NVIDIA
   H200" and lists its bf16 peak with sparsity, 2x the dense one), else Lightning's
@@ -16,35 +16,18 @@ training steps, on rank zero); this subclass adds what it leaves to the user:
 Logged (``<stage>/device/<name>``, stage ``train``, ``validate`` or ``test``; with several devices also
 ``<stage>/<name>`` summed over ranks): ``samples_per_sec``, ``batches_per_sec``, ``items_per_sec`` (tokens/s;
 absent for images), ``flops_per_sec`` and ``mfu`` = achieved training FLOP/s / peak FLOP/s (train only).
-
-FLOPs of one training step (forward + backward = 3 x forward, multiply-add = 2 FLOPs):
-
-- Transformer stacks (masked LM, seq2seq), as in Kaplan et al. (2020) and PaLM (Chowdhery et al., 2022):
-  per token, ``6 * N + 12 * L * d * C`` where N = the stack's non-embedding parameters, L its layers, d the
-  width and C the length attended over (the attention scores and the weighted sum: 2 x 2 x C x d per
-  layer forward; causal masks are not halved, as in PaLM). The tied output layer adds ``6 * V * d`` per
-  predicted token. Embedding lookups count 0. Tokens are the non-pad ones, so padding lowers MFU.
-    - masked LM: ``tokens * (6 N + 12 L d T) + masked * 6 V d`` (T: padded length; the vocabulary
-      projection is computed at masked positions only);
-    - seq2seq: ``src_tokens * (6 N_enc + 12 L_enc d S) + tgt_tokens * (6 N_dec + 12 L_dec d (T + S) + 6 V d)``
-      (decoder self-attention over T, cross-attention over S).
-- GAN: measured once with Lightning's ``measure_flops`` (torch's FlopCounterMode) on meta-device copies
-  of the two networks (no compute, the real batch-norm statistics untouched), mirroring one training
-  batch: ``n_critic`` discriminator steps (fwd + bwd on real and fake), ``n_critic - 1`` extra generator
-  forwards, and the generator step (G fwd, D fwd, backward through both). The batch size is fixed
-  (``drop_last``), so one measurement holds for every batch.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.throughput import measure_flops
 from lightning.pytorch.callbacks import ThroughputMonitor
+
+from aigc_lab.systems.spec import spec_of
 
 # Dense (no sparsity) peak FLOP/s per device, from NVIDIA's data sheets. "tf32" applies to float32
 # matmuls when torch allows TF32 (torch.get_float32_matmul_precision() != "highest").
@@ -66,7 +49,7 @@ class Throughput(ThroughputMonitor):
         ``peak_flops``: the device's peak FLOP/s, overriding the table (needed for MFU on a CPU)."""
         if window_size < 2:
             raise ValueError(f"window_size must be >= 2, got {window_size}")
-        super().__init__(batch_size_fn=batch_size, window_size=window_size, separator=separator)
+        super().__init__(batch_size_fn=_first_len, window_size=window_size, separator=separator)
         self.peak_flops = peak_flops
         self._flops_fn: Callable[[Any], int | None] = _no_flops
 
@@ -77,8 +60,7 @@ class Throughput(ThroughputMonitor):
             self.available_flops = peak
             for throughput in self._throughputs.values():
                 throughput.available_flops = peak
-        self.length_fn = token_counter(pl_module)
-        self._flops_fn = flops_counter(pl_module)
+        self.batch_size_fn, self.length_fn, self._flops_fn = counters(pl_module)
         pl_module.flops_per_batch = None  # read by ThroughputMonitor on every batch (None: not counted)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int,
@@ -110,52 +92,29 @@ def dense_peak(device: torch.device, precision: str) -> float | None:
     return DENSE_PEAKS[chip][dtype]
 
 
-# ------------------------------------------------------------------ counting samples and tokens
-def batch_size(batch: Any) -> int:
-    """Samples in a batch: images, masked-LM sequences or seq2seq pairs."""
-    if isinstance(batch, dict):
-        return len(batch["input_ids"] if "input_ids" in batch else batch["src"])
+def counters(pl_module: L.LightningModule) -> tuple[Callable[[Any], int], Callable[[Any], int] | None,
+                                                  Callable[[Any], int | None]]:
+    """(samples, tokens or None, training FLOPs) of a batch, as the module's spec counts them."""
+    spec = spec_of(pl_module)
+    if spec is None:
+        return _first_len, None, _no_flops
+    tokens = (lambda batch: spec.count_tokens(pl_module, batch)) if spec.count_tokens is not None else None
+    if spec.train_flops is None:
+        return spec.count_samples, tokens, _no_flops
+    flops = lambda batch: spec.train_flops(pl_module, batch)  # noqa: E731
+    return spec.count_samples, tokens, flops if spec.flops_vary else _measured_once(flops)
+
+
+def _first_len(batch: Any) -> int:
+    """Samples of a batch of a LightningModule without a spec: its first element's length."""
     return len(batch[0])
 
 
-def token_counter(pl_module: L.LightningModule) -> Callable[[Any], int] | None:
-    """Non-pad tokens of a batch (the masked LM's inputs, the seq2seq targets); None for image systems."""
-    from aigc_lab.systems.mlm import MLMSystem
-    from aigc_lab.systems.seq2seq import Seq2SeqSystem
+def _measured_once(measure: Callable[[Any], int | None]) -> Callable[[Any], int | None]:
+    """``measure`` on the first batch only (every batch has the same FLOPs)."""
+    cache: list[int | None] = []
 
-    if isinstance(pl_module, MLMSystem):
-        return _mlm_tokens
-    if isinstance(pl_module, Seq2SeqSystem):
-        return lambda batch: int((batch["tgt_out"] != pl_module.pad_id).sum())
-    return None
-
-
-def _mlm_tokens(batch: dict[str, torch.Tensor]) -> int:
-    mask = batch.get("attention_mask")
-    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-
-
-# ------------------------------------------------------------------ counting FLOPs
-def flops_counter(pl_module: L.LightningModule) -> Callable[[Any], int | None]:
-    """A function batch -> training FLOPs of that batch, for the project's systems (None for others)."""
-    from aigc_lab.systems.gan import GANSystem
-    from aigc_lab.systems.mlm import MLMSystem
-    from aigc_lab.systems.seq2seq import Seq2SeqSystem
-
-    if isinstance(pl_module, MLMSystem):
-        return lambda batch: mlm_train_flops(pl_module, batch)
-    if isinstance(pl_module, Seq2SeqSystem):
-        return lambda batch: seq2seq_train_flops(pl_module, batch)
-    if isinstance(pl_module, GANSystem):
-        return _measured_once(lambda batch: gan_train_flops(pl_module, batch))
-    return _no_flops
-
-
-def _measured_once(measure: Callable[[Any], int]) -> Callable[[Any], int]:
-    """``measure`` on the first batch only (GAN batches all have one size: drop_last)."""
-    cache: list[int] = []
-
-    def flops(batch: Any) -> int:
+    def flops(batch: Any) -> int | None:
         if not cache:
             cache.append(measure(batch))
         return cache[0]
@@ -165,50 +124,3 @@ def _measured_once(measure: Callable[[Any], int]) -> Callable[[Any], int]:
 
 def _no_flops(batch: Any) -> None:
     return None
-
-
-def _params(*modules: torch.nn.Module) -> int:
-    return sum(p.numel() for m in modules for p in m.parameters())
-
-
-def stack_flops(n_params: int, n_layers: int, d_model: int, context: int, tokens: int) -> int:
-    """Training FLOPs of a Transformer stack for ``tokens`` tokens attending over ``context`` positions."""
-    return tokens * (6 * n_params + 12 * n_layers * d_model * context)
-
-
-def mlm_train_flops(system: L.LightningModule, batch: dict[str, torch.Tensor]) -> int:
-    model, cfg = system.model, system.cfg
-    masked = int((batch["labels"] != -100).sum())
-    body = stack_flops(_params(model.blocks, model.ln_f), cfg.n_layers, cfg.d_model, batch["input_ids"].shape[1],
-                       _mlm_tokens(batch))
-    return body + masked * 6 * cfg.vocab_size * cfg.d_model
-
-
-def seq2seq_train_flops(system: L.LightningModule, batch: dict[str, Any]) -> int:
-    model, cfg = system.model, system.cfg
-    src_len, tgt_len = batch["src"].shape[1], batch["tgt_out"].shape[1]
-    src_tokens = int(batch["src_mask"].sum())
-    tgt_tokens = int((batch["tgt_out"] != system.pad_id).sum())
-    encoder = stack_flops(_params(model.encoder, model.enc_ln), cfg.n_enc_layers, cfg.d_model, src_len, src_tokens)
-    decoder = stack_flops(_params(model.decoder, model.dec_ln), cfg.n_dec_layers, cfg.d_model, tgt_len + src_len,
-                          tgt_tokens)
-    return encoder + decoder + tgt_tokens * 6 * cfg.vocab_size * cfg.d_model
-
-
-def gan_train_flops(system: L.LightningModule, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
-    """One training batch of the GAN (see the module docstring), counted on meta-device copies."""
-    real, labels = (t.to("meta") for t in batch)
-    gen = copy.deepcopy(system.generator).to("meta")
-    disc = copy.deepcopy(system.discriminator).to("meta")
-    n = real.shape[0]
-    z = torch.zeros(n, system.cfg.latent_dim, device="meta")
-    y = labels if system.cfg.conditional else None
-    y2 = torch.cat([y, y]) if y is not None else None
-    with torch.no_grad():
-        fake = gen(z, y)
-    d_step = measure_flops(disc, lambda: disc(torch.cat([real, fake]), y2), loss_fn=torch.Tensor.sum)
-    g_forward = measure_flops(gen, lambda: gen(z, y))
-    disc.requires_grad_(False)  # as in training (toggle_optimizer): no gradients for D's weights in the G step
-    g_step = measure_flops(gen, lambda: disc(gen(z, y), y), loss_fn=torch.Tensor.sum)
-    n_critic = system.hparams.n_critic
-    return n_critic * d_step + (n_critic - 1) * g_forward + g_step

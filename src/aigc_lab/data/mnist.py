@@ -60,7 +60,7 @@ def _batch_as_is(batch):  # the dataset already returns whole batches
 
 def load_mnist(root: str | Path, train: bool, download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Images [N, 28, 28] uint8 and labels [N] from ``<root>/MNIST/raw`` (torchvision's layout)."""
-    from torchvision.datasets import MNIST  # lazy: torchvision import costs ~1 s
+    from torchvision.datasets import MNIST  # lazy: importing torchvision is slow
 
     root = Path(root).expanduser()
     raw = root / "MNIST" / "raw"

@@ -40,18 +40,18 @@ from aigc_lab.data.tokenizer import (
     EOS,
     PAD,
     SEQ2SEQ_SPECIAL_TOKENS,
+    check_tokenizer_options,
     load_or_train_tokenizer,
     load_tokenizer,
     read_text,
     symbol_tokenizer,
 )
 from aigc_lab.errors import ConfigError, CorpusError, DataNotFoundError
-from aigc_lab.utils.validate import at_least, at_most, in_interval, positive, require
+from aigc_lab.utils.validate import in_interval, positive, require
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-MAX_VOCAB = 2**31 - 1  # token ids fit int32 tensors
 SYMBOLS = "0123456789abcdefghijklmnopqrstuvwxyz"  # the synthetic task's alphabet (its first synthetic_symbols)
 Pair = tuple[str, str]  # (source, target)
 Batch = dict[str, Any]  # tensors and lists of strings: see the module docstring
@@ -307,14 +307,10 @@ class ParallelDataModule(L.LightningDataModule):
                 f"({2 * max_len}, data.max_len={max_len}), so that the longest pair fits in a batch"
             )
         n_special = len(SEQ2SEQ_SPECIAL_TOKENS)
-        require(vocab_size > n_special, "data.vocab_size", vocab_size, f"> {n_special} (the special tokens)")
-        if task == "tsv":  # the byte-level BPE always holds its 256 byte symbols
-            require(vocab_size >= n_special + 256, "data.vocab_size", vocab_size,
-                    f">= {n_special + 256} for a byte-level BPE ({n_special} special tokens and 256 byte symbols)")
-        at_most("data.vocab_size", vocab_size, MAX_VOCAB, "token ids are int32")
+        byte_level = (n_special + 256, f"for a byte-level BPE ({n_special} special tokens and 256 byte symbols)")
+        check_tokenizer_options(vocab_size, min_frequency, num_workers, SEQ2SEQ_SPECIAL_TOKENS,
+                                *(byte_level if task == "tsv" else (None, "")))
         positive("data.sort_chunk", sort_chunk)
-        at_least("data.min_frequency", min_frequency, 0)
-        at_least("data.num_workers", num_workers, 0)
         if task == "synthetic":
             in_interval("data.synthetic_symbols", synthetic_symbols, 2, len(SYMBOLS))
             if not 1 <= synthetic_min_len <= synthetic_max_len < max_len:

@@ -31,18 +31,18 @@ from aigc_lab.data.tokenizer import (
     SPECIAL_TOKENS,
     atomic_write,
     cache_key,
+    check_tokenizer_options,
     file_fingerprint,
     load_or_train_tokenizer,
     load_tokenizer,
     read_text,
 )
 from aigc_lab.errors import CorpusError, DataNotFoundError
-from aigc_lab.utils.validate import at_least, at_most, in_interval, positive, require
+from aigc_lab.utils.validate import in_interval, positive, require
 
 log = logging.getLogger(__name__)
 
 IDS_FORMAT = 1  # part of the token-cache key
-MAX_VOCAB = 2**31 - 1  # token ids are cached as int32
 
 
 def resolve_files(spec: str | Sequence[str], key: str) -> list[Path]:
@@ -70,6 +70,9 @@ def check_block_fits_files(block_size: int, files: Sequence[Path], split: str) -
     is at least one byte of text, so they hold at most as many tokens as bytes."""
     size = sum(path.stat().st_size for path in files)
     if size < block_size - 2:
+        if not any(read_text(path).strip() for path in files):  # small files: cheap to read
+            raise CorpusError(f"empty corpus: no text in {_names(files)} (data.{split}_files): "
+                              f"point data.{split}_files at non-empty UTF-8 text files")
         raise CorpusError(
             f"data.block_size={block_size} needs {block_size - 2} tokens per block ([CLS] and [SEP] aside), but "
             f"{_names(files)} (data.{split}_files) hold{'s' if len(files) == 1 else ''} {size} bytes, at most "
@@ -153,13 +156,9 @@ class TextDataModule(L.LightningDataModule):
         super().__init__()
         in_interval("data.mask_rate", mask_rate, 0, 1, "()")
         require(block_size >= 3, "data.block_size", block_size, ">= 3 ([CLS], a token, [SEP])")
-        n_special = len(SPECIAL_TOKENS)
-        require(vocab_size > n_special, "data.vocab_size", vocab_size, f"> {n_special} (the special tokens)")
-        at_most("data.vocab_size", vocab_size, MAX_VOCAB, "token ids are cached as int32")
+        check_tokenizer_options(vocab_size, min_frequency, num_workers, SPECIAL_TOKENS)
         positive("data.batch_size", batch_size)
         positive("data.eval_batch_size", eval_batch_size)
-        at_least("data.min_frequency", min_frequency, 0)
-        at_least("data.num_workers", num_workers, 0)
         self.save_hyperparameters()
         # Resolved now, so that a missing file stops the run before anything heavy starts.
         self.files = {

@@ -23,12 +23,28 @@ from typing import Literal
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from aigc_lab.errors import CorpusError, DataNotFoundError, UserError
+from aigc_lab.utils.validate import at_least, at_most, require
 
 log = logging.getLogger(__name__)
 
 PAD, UNK, CLS, SEP, MASK = SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 BOS, EOS = "[BOS]", "[EOS]"
 SEQ2SEQ_SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)
+MAX_VOCAB = 2**31 - 1  # token ids are int32 tensors (and int32 in the token caches)
+
+
+def check_tokenizer_options(vocab_size: int, min_frequency: int, num_workers: int, specials: Sequence[str],
+                            least: int | None = None, why: str = "") -> None:
+    """The tokenizer options both text data modules take (``data.vocab_size``, ``data.min_frequency``, and their
+    loader's ``data.num_workers``), checked before any data work. ``least``: a larger lower bound of the
+    vocabulary, and ``why`` (a byte-level BPE holds its 256 byte symbols)."""
+    n_special = len(specials)
+    require(vocab_size > n_special, "data.vocab_size", vocab_size, f"> {n_special} (the special tokens)")
+    if least is not None:
+        require(vocab_size >= least, "data.vocab_size", vocab_size, f">= {least} {why}")
+    at_most("data.vocab_size", vocab_size, MAX_VOCAB, "token ids are cached as int32")
+    at_least("data.min_frequency", min_frequency, 0)
+    at_least("data.num_workers", num_workers, 0)
 TOKENIZER_FORMAT = 1  # part of the cache key: bump when the pipeline below changes meaning
 
 

@@ -88,10 +88,9 @@ def load_classifier(path: str | Path) -> DigitClassifier:
     return model.eval()
 
 
-def build_feature_extractor(kind: str, classifier_path: str, data_dir: str, precision: str = "auto",
-                            accelerator: str = "auto") -> nn.Module | None:
-    """The FID feature module for ``kind``; trains and caches the classifier when it is missing, with the
-    GAN run's ``precision`` and ``accelerator``."""
+def build_feature_extractor(kind: str, classifier_path: str) -> nn.Module | None:
+    """The FID feature module for ``kind``. The classifier's weights must be cached at ``classifier_path``: the
+    launchers train them first when they are missing (aigc_lab/fid_classifier.py)."""
     if kind not in FEATURE_KINDS:
         raise ConfigError(f"fid_features must be one of {FEATURE_KINDS}, got {kind!r}")
     if kind == "none":
@@ -99,10 +98,9 @@ def build_feature_extractor(kind: str, classifier_path: str, data_dir: str, prec
     if kind == "inception":
         return InceptionFeatures()
     if not Path(classifier_path).expanduser().exists():
-        from aigc_lab.systems.classifier import train_feature_classifier
-
-        train_feature_classifier(data_dir=data_dir, export_path=classifier_path, precision=precision,
-                                 accelerator=accelerator)
+        raise UserError(f"the FID classifier is not at {classifier_path}: `python -m aigc_lab` and `aigc_lab.eval` "
+                        f"train it first; elsewhere run python -m aigc_lab experiment=mnist_classifier "
+                        f"model.export_path={classifier_path}, or set model.fid_features=none")
     return ClassifierFeatures(load_classifier(classifier_path))
 
 

@@ -6,13 +6,12 @@ Shapes: B = batch, T = sequence length (<= max_len), D = d_model, V = vocab_size
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from aigc_lab.models.transformer import Block, init_transformer_weights, key_padding_mask
+from aigc_lab.models.transformer import Encoder, check_transformer_config, embed, init_transformer_weights, rename_keys
 
 
 @dataclass
@@ -26,15 +25,7 @@ class MLMConfig:
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "n_layers", "d_model", "n_heads", "max_len"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_transformer_config(self, ("vocab_size", "n_layers", "d_model", "n_heads", "max_len"))
 
 
 class MaskedLM(nn.Module):
@@ -46,30 +37,17 @@ class MaskedLM(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(
-            Block(cfg.d_model, cfg.n_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.n_layers)
-        )
-        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.encoder = Encoder(cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.mlp_ratio, cfg.dropout)
         # The output projection is tok_emb.weight (tied); only its bias is a parameter of its own.
         self.out_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         self.apply(init_transformer_weights)
-        # GPT-2's scaled init of the projections that write into the residual stream.
-        for block in self.blocks:
-            for proj in (block.attn.proj, block.mlp.proj):
-                nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+        self.encoder.scale_residual_init()
+        self._register_load_state_dict_pre_hook(_earlier_layout)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [B, T] -> final hidden states [B, T, D]. attention_mask [B, T]: 1 = token, 0 = pad;
         None means no padding (the faster unmasked attention path)."""
-        t = input_ids.shape[1]
-        if t > self.cfg.max_len:
-            raise ValueError(f"sequence length {t} exceeds max_len {self.cfg.max_len}")
-        positions = torch.arange(t, device=input_ids.device)
-        x = self.drop(self.tok_emb(input_ids) + self.pos_emb(positions))  # [B, T, D]
-        attn_mask = key_padding_mask(attention_mask)  # [B, 1, 1, T] or None
-        for block in self.blocks:
-            x = block(x, attn_mask)
-        return self.ln_f(x)
+        return self.encoder(self.drop(embed(self.tok_emb, self.pos_emb, input_ids)), attention_mask)
 
     def logits_at(self, hidden: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Vocabulary logits of hidden [B, T, D]: at every position ([B, T, V]), or only where the
@@ -87,3 +65,8 @@ class MaskedLM(nn.Module):
         """Logits [B, T, V], or [M, V] at the masked ``positions`` [B, T] only: projecting every
         position onto the vocabulary would dominate the cost of training."""
         return self.logits_at(self.encode(input_ids, attention_mask), positions)
+
+
+def _earlier_layout(state_dict: dict[str, torch.Tensor], prefix: str, *args: object) -> None:
+    """Checkpoints whose blocks and final LayerNorm sat on the model itself load into ``encoder``."""
+    rename_keys(state_dict, prefix, {r"blocks\.": "encoder.blocks.", r"ln_f\.": "encoder.ln."})

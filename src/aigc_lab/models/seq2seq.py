@@ -17,7 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aigc_lab.models.transformer import Block, DecoderBlock, KVCache, init_transformer_weights, key_padding_mask
+from aigc_lab.models.transformer import (
+    DecoderBlock,
+    Encoder,
+    KVCache,
+    check_transformer_config,
+    embed,
+    init_transformer_weights,
+    key_padding_mask,
+    rename_keys,
+)
 
 
 @dataclass
@@ -33,15 +42,7 @@ class Seq2SeqConfig:
     tie_embeddings: bool = True  # output layer = the token embedding (plus a bias); false: a separate matrix
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "n_enc_layers", "n_dec_layers", "d_model", "n_heads", "max_len"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_transformer_config(self, ("vocab_size", "n_enc_layers", "n_dec_layers", "d_model", "n_heads", "max_len"))
 
 
 class DecoderCache:
@@ -78,10 +79,7 @@ class Seq2SeqTransformer(nn.Module):
         self.src_pos = nn.Embedding(cfg.max_len, d)
         self.tgt_pos = nn.Embedding(cfg.max_len, d)
         self.drop = nn.Dropout(cfg.dropout)
-        self.encoder = nn.ModuleList(
-            Block(d, cfg.n_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.n_enc_layers)
-        )
-        self.enc_ln = nn.LayerNorm(d)
+        self.encoder = Encoder(cfg.n_enc_layers, d, cfg.n_heads, cfg.mlp_ratio, cfg.dropout)
         self.decoder = nn.ModuleList(
             DecoderBlock(d, cfg.n_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.n_dec_layers)
         )
@@ -89,28 +87,19 @@ class Seq2SeqTransformer(nn.Module):
         self.head = None if cfg.tie_embeddings else nn.Linear(d, cfg.vocab_size, bias=False)
         self.out_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         self.apply(init_transformer_weights)
-        # GPT-2's scaled init of the projections that write into the residual stream.
-        for block in self.encoder:
-            for proj in (block.attn.proj, block.mlp.proj):
-                nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_enc_layers))
+        # GPT-2's scaled init of the projections that write into the residual stream (3 per decoder block).
+        self.encoder.scale_residual_init()
         for block in self.decoder:
             for proj in (block.self_attn.proj, block.cross_attn.proj, block.mlp.proj):
                 nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(3 * cfg.n_dec_layers))
+        self._register_load_state_dict_pre_hook(_earlier_layout)
 
     def new_cache(self) -> DecoderCache:
         return DecoderCache(self.cfg.n_dec_layers)
 
     def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         """src_ids [B, S] (src_mask [B, S]: True = token, False = pad; None = no padding) -> memory [B, S, D]."""
-        s = src_ids.shape[1]
-        if s > self.cfg.max_len:
-            raise ValueError(f"source length {s} exceeds max_len {self.cfg.max_len}")
-        positions = torch.arange(s, device=src_ids.device)
-        x = self.drop(self.tok_emb(src_ids) + self.src_pos(positions))  # [B, S, D]
-        attn_mask = key_padding_mask(src_mask)  # [B, 1, 1, S] or None
-        for block in self.encoder:
-            x = block(x, attn_mask)
-        return self.enc_ln(x)
+        return self.encoder(self.drop(embed(self.tok_emb, self.src_pos, src_ids, what="source")), src_mask)
 
     def decode(
         self,
@@ -125,11 +114,7 @@ class Seq2SeqTransformer(nn.Module):
         holds only the new positions (usually one token), placed after the ``cache.length`` cached ones.
         """
         offset = cache.length if cache is not None else 0
-        t = tgt_ids.shape[1]
-        if offset + t > self.cfg.max_len:
-            raise ValueError(f"target length {offset + t} exceeds max_len {self.cfg.max_len}")
-        positions = torch.arange(offset, offset + t, device=tgt_ids.device)
-        x = self.drop(self.tok_emb(tgt_ids) + self.tgt_pos(positions))  # [B, T, D]
+        x = self.drop(embed(self.tok_emb, self.tgt_pos, tgt_ids, offset, what="target"))  # [B, T, D]
         memory_mask = key_padding_mask(src_mask)  # [B, 1, 1, S] or None
         for i, block in enumerate(self.decoder):
             x = block(
@@ -143,3 +128,8 @@ class Seq2SeqTransformer(nn.Module):
     def forward(self, src: torch.Tensor, src_mask: torch.Tensor | None, tgt_in: torch.Tensor) -> torch.Tensor:
         """src [B, S], src_mask [B, S] or None, tgt_in [B, T] ([BOS] y_1 .. y_{T-1}) -> logits [B, T, V]."""
         return self.decode(tgt_in, self.encode(src, src_mask), src_mask)
+
+
+def _earlier_layout(state_dict: dict[str, torch.Tensor], prefix: str, *args: object) -> None:
+    """Checkpoints whose encoder was a plain list of blocks beside ``enc_ln`` load into ``Encoder``."""
+    rename_keys(state_dict, prefix, {r"encoder\.(\d+)\.": r"encoder.blocks.\1.", r"enc_ln\.": "encoder.ln."})

@@ -1,5 +1,5 @@
 """Reusable Transformer pieces: pre-LayerNorm blocks with fused-qkv attention through
-``scaled_dot_product_attention``. Shared by the masked LM and the seq2seq model.
+``scaled_dot_product_attention``, and the ``Encoder`` stack that the masked LM and the seq2seq model share.
 
 Shapes: B = batch, T = sequence length (queries), S = keys (the memory, or the cached past plus T),
 D = d_model, H = heads, Dh = D // H.
@@ -8,9 +8,26 @@ Masks follow sdpa's boolean convention: True = may attend.
 
 from __future__ import annotations
 
+import math
+import re
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def check_transformer_config(cfg: object, positive: tuple[str, ...]) -> None:
+    """ValueError unless the fields ``positive`` are > 0, d_model divides into n_heads, mlp_ratio > 0 and
+    dropout is in [0, 1): the checks every Transformer config makes in ``__post_init__``."""
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.d_model % cfg.n_heads:
+        raise ValueError(f"d_model ({cfg.d_model}) must be divisible by n_heads ({cfg.n_heads})")
+    if cfg.mlp_ratio <= 0:
+        raise ValueError(f"mlp_ratio must be positive, got {cfg.mlp_ratio}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
 
 
 def key_padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -161,6 +178,52 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         x = x + self.attn(self.ln_attn(x), attn_mask, is_causal)
         return x + self.mlp(self.ln_mlp(x))
+
+
+class Encoder(nn.Module):
+    """A stack of pre-LayerNorm encoder blocks and a final LayerNorm: embedded x [B, T, D] -> hidden [B, T, D].
+    The embeddings (tokens and positions) belong to the model, which may share them with a decoder."""
+
+    def __init__(self, n_layers: int, d_model: int, n_heads: int, mlp_ratio: float = 4.0,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, mlp_ratio, dropout) for _ in range(n_layers))
+        self.ln = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """attention_mask [B, T]: 1/True = token, 0/False = pad; None = no padding (sdpa's unmasked path)."""
+        attn_mask = key_padding_mask(attention_mask)  # [B, 1, 1, T] or None
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        return self.ln(x)
+
+    def scale_residual_init(self, std: float = 0.02) -> None:
+        """GPT-2's scaled init of the projections that write into the residual stream: std / sqrt(2 L)."""
+        for block in self.blocks:
+            for proj in (block.attn.proj, block.mlp.proj):
+                nn.init.normal_(proj.weight, mean=0.0, std=std / math.sqrt(2 * len(self.blocks)))
+
+
+def embed(tokens: nn.Embedding, positions: nn.Embedding, ids: torch.Tensor, offset: int = 0,
+          what: str = "sequence") -> torch.Tensor:
+    """ids [B, T] at positions offset..offset+T-1 -> token + position embeddings [B, T, D]; a ``what`` longer
+    than the position table is a ValueError."""
+    t = ids.shape[1]
+    if offset + t > positions.num_embeddings:
+        raise ValueError(f"{what} length {offset + t} exceeds max_len {positions.num_embeddings}")
+    return tokens(ids) + positions(torch.arange(offset, offset + t, device=ids.device))
+
+
+def rename_keys(state_dict: dict[str, torch.Tensor], prefix: str, renames: dict[str, str]) -> None:
+    """In place, for checkpoints of an earlier module layout: keys ``prefix + rest`` whose ``rest`` begins with
+    the regular expression ``old`` get it replaced by ``new`` (the first that matches)."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        rest = key[len(prefix):]
+        for old, new in renames.items():
+            renamed, n = re.subn(f"^{old}", new, rest)
+            if n:
+                state_dict[prefix + renamed] = state_dict.pop(key)
+                break
 
 
 class DecoderBlock(nn.Module):

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import logging
-import time
 from functools import partial
-from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from aigc_lab.metrics.fid import save_classifier
 from aigc_lab.models.classifier import ClassifierConfig, DigitClassifier
-from aigc_lab.systems.guards import NonFiniteLossGuard, check_policy
-from aigc_lab.utils.hardware import device_type, resolve_precision
+from aigc_lab.systems.guards import check_policy
+from aigc_lab.systems.spec import System, SystemSpec, register
 from aigc_lab.utils.memory import (
     TRAIN_STATE_BYTES,
     VALUE_BYTES,
@@ -31,10 +28,17 @@ from aigc_lab.utils.validate import at_least, optimizer_lr
 log = logging.getLogger("aigc_lab")
 
 
-class ClassifierSystem(NonFiniteLossGuard, L.LightningModule):
+SPEC = register(SystemSpec(
+    name="mnist_classifier",
+    describes="an MNIST classifier (experiment=mnist_classifier)",
+    data_option="mnist",
+))
+
+
+class ClassifierSystem(System):
     """Cross-entropy training with a one-cycle schedule; exports the tested weights to ``export_path``."""
 
-    data_option = "mnist"  # the conf/data option it trains on; train.check_pairing compares the two
+    spec = SPEC
 
     def __init__(
         self,
@@ -124,60 +128,3 @@ def random_shift(images: torch.Tensor, max_shift: int) -> torch.Tensor:
     chans = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
     batch = torch.arange(b, device=images.device)[:, None, None, None]
     return padded[batch, chans, rows, cols]
-
-
-def train_feature_classifier(data_dir: str, export_path: str | Path, precision: str = "auto",
-                             accelerator: str = "auto", max_epochs: int = 2, seed: int = 0) -> float:
-    """Train the FID classifier with the defaults of ``experiment=mnist_classifier``; return its test accuracy.
-
-    Used when a GAN run needs the cached classifier and it is missing, so that a first
-    ``python -m aigc_lab experiment=gan_mnist`` works without a separate step. ``precision`` and ``accelerator``:
-    the GAN run's (``auto`` resolves as for any run, ``utils/hardware.py``); one device. Progress shows as in the
-    main run: Rich bars in a terminal, a log line every 50 steps (with the time left) in a batch job.
-
-    The classifier defines the FID's feature space, so it is trained from its own ``seed``, whatever run asks for
-    it: every machine gets the same network (up to its arithmetic), and the asking run's random streams are
-    left as they were.
-    """
-    device = device_type(accelerator)
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device == "cuda" else []):
-        torch.manual_seed(seed)
-        return _train_feature_classifier(data_dir, export_path, precision, device, max_epochs)
-
-
-def _train_feature_classifier(data_dir: str, export_path: str | Path, precision: str, device: str,
-                              max_epochs: int) -> float:
-    from aigc_lab.callbacks.progress import duration, progress_bar
-    from aigc_lab.data.mnist import MNISTDataModule
-
-    if precision == "auto":
-        precision = resolve_precision(device).value
-    data = MNISTDataModule(data_dir, batch_size=128)
-    data.prepare_data()
-    data.setup("fit")
-    steps = max_epochs * (len(data.train_set) // data.hparams.batch_size)
-    log.info("FID feature classifier not found at %s: training it now, once (%d steps in %d epoch%s, %s on %s; "
-             "a few minutes on a 2-core CPU, the time left shows as it trains); every later GAN run reuses it",
-             export_path, steps, max_epochs, "" if max_epochs == 1 else "s", precision, device)
-    system = ClassifierSystem(
-        ClassifierConfig(), partial(torch.optim.AdamW, lr=3e-3, weight_decay=1e-4), export_path=str(export_path)
-    )
-    trainer = L.Trainer(
-        accelerator="gpu" if device == "cuda" else device,
-        devices=1,
-        max_epochs=max_epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        precision=precision,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[progress_bar()],
-    )
-    start = time.perf_counter()
-    trainer.fit(system, datamodule=data)
-    result = trainer.test(system, datamodule=data, verbose=False)
-    accuracy = result[0]["test/acc"]
-    log.info("FID feature classifier trained in %s: test accuracy %.4f, saved to %s",
-             duration(time.perf_counter() - start), accuracy, export_path)
-    return accuracy

@@ -16,22 +16,24 @@ batches, as a user expects.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict
 from functools import partial
 from typing import Any, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.throughput import measure_flops
 from lightning.pytorch.utilities import rank_zero_only
 from torch.optim.swa_utils import AveragedModel
 from torchvision.utils import make_grid
 
-from aigc_lab.errors import ConfigError
+from aigc_lab.errors import ConfigError, UserError
 from aigc_lab.metrics.fid import FEATURE_KINDS, ClassifierFeatures, build_feature_extractor, make_fid
 from aigc_lab.models.gan import Discriminator, GANConfig, Generator, init_dcgan_weights
-from aigc_lab.systems.guards import NonFiniteLossGuard, check_policy
+from aigc_lab.systems.guards import check_policy
 from aigc_lab.systems.schedule import constant_then_linear, planned_steps
+from aigc_lab.systems.spec import System, SystemSpec, register, sub_state_dict
 from aigc_lab.systems.step_logs import logs_written_this_step
 from aigc_lab.utils.memory import (
     TRAIN_STATE_BYTES,
@@ -47,15 +49,60 @@ from aigc_lab.utils.validate import at_least, in_interval, one_of, optimizer_lr,
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-class GANSystem(NonFiniteLossGuard, L.LightningModule):
-    # Each of a batch's backward passes reaches one network only (the D step: D, the fakes detached; the G
-    # step: G, with D frozen), so under DDP the unused half must be found: the launcher turns
-    # `trainer.strategy=ddp` into Lightning's `ddp_find_unused_parameters_true` for this system.
-    ddp_find_unused_parameters = True
-    clip_option = "model.clip_grad_norm=1.0"  # manual optimization: Lightning's gradient_clip_val does not apply
+def gan_train_flops(system: GANSystem, batch: Batch) -> int:
+    """FLOPs of one training batch, measured with Lightning's ``measure_flops`` (torch's FlopCounterMode) on
+    meta-device copies of the two networks (no compute, the real batch-norm statistics untouched): ``n_critic``
+    discriminator steps (forward and backward on real and fake), ``n_critic - 1`` extra generator forwards, and
+    the generator step (G forward, D forward, backward through both). Batches all have one size (``drop_last``),
+    so the throughput callback measures it once."""
+    real, labels = (t.to("meta") for t in batch)
+    gen = copy.deepcopy(system.generator).to("meta")
+    disc = copy.deepcopy(system.discriminator).to("meta")
+    n = real.shape[0]
+    z = torch.zeros(n, system.cfg.latent_dim, device="meta")
+    y = labels if system.cfg.conditional else None
+    y2 = torch.cat([y, y]) if y is not None else None
+    with torch.no_grad():
+        fake = gen(z, y)
+    d_step = measure_flops(disc, lambda: disc(torch.cat([real, fake]), y2), loss_fn=torch.Tensor.sum)
+    g_forward = measure_flops(gen, lambda: gen(z, y))
+    disc.requires_grad_(False)  # as in training (toggle_optimizer): no gradients for D's weights in the G step
+    g_step = measure_flops(gen, lambda: disc(gen(z, y), y), loss_fn=torch.Tensor.sum)
+    n_critic = system.hparams.n_critic
+    return n_critic * d_step + (n_critic - 1) * g_forward + g_step
 
-    checkpoint_key = "gan_config"  # what on_save_checkpoint adds; checkpoints.check_checkpoint_for reads it
-    data_option = "mnist"  # the conf/data option it trains on; train.check_pairing compares the two
+
+def load_generator(ckpt: dict, use_ema: bool = True) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The (EMA) generator of a GAN checkpoint, in eval mode, and its label prior."""
+    if SPEC.checkpoint_key not in ckpt:
+        raise UserError("this checkpoint is not a GAN's: give a gan_mnist checkpoint")
+    generator = Generator(GANConfig(**ckpt[SPEC.checkpoint_key]))
+    state = ckpt["state_dict"]
+    ema = sub_state_dict(state, "generator_ema.module.")
+    generator.load_state_dict(ema if use_ema and ema else sub_state_dict(state, "generator."))
+    return generator.eval(), state["label_prior"]
+
+
+SPEC = register(SystemSpec(
+    name="gan",
+    describes="a GAN (experiment=gan_mnist)",
+    data_option="mnist",
+    net_config=GANConfig,
+    checkpoint_key="gan_config",
+    inference="aigc_lab.sample:run",
+    load="aigc_lab.systems.gan:load_generator",
+    prepare="aigc_lab.fid_classifier:ensure_fid_classifier",
+    # Each of a batch's backward passes reaches one network only (the D step: D, the fakes detached; the G
+    # step: G, with D frozen), so under DDP the unused half must be found.
+    ddp_find_unused_parameters=True,
+    clip_option="model.clip_grad_norm=1.0",  # manual optimization: Lightning's gradient_clip_val does not apply
+    train_flops=gan_train_flops,
+    flops_vary=False,
+))
+
+
+class GANSystem(System):
+    spec = SPEC
 
     def __init__(
         self,
@@ -209,10 +256,7 @@ class GANSystem(NonFiniteLossGuard, L.LightningModule):
             counts = datamodule.class_counts().float()[: self.cfg.num_classes]
             self.label_prior.copy_(counts / counts.sum())
         if self.fid is None and self.hparams.fid_features != "none":
-            extractor = build_feature_extractor(
-                self.hparams.fid_features, self.hparams.classifier_path, self.hparams.data_dir,
-                precision=str(self.trainer.precision), accelerator=self.device.type,
-            )
+            extractor = build_feature_extractor(self.hparams.fid_features, self.hparams.classifier_path)
             self.fid = make_fid(extractor).to(self.device)
         if self.hparams.channels_last:
             self.to(memory_format=torch.channels_last)
@@ -265,7 +309,7 @@ class GANSystem(NonFiniteLossGuard, L.LightningModule):
                 self.generator_ema.update_parameters(self.generator)
 
         # Only on the steps whose logs are written (every trainer.log_every_n_steps): each self.log costs
-        # Lightning ~0.35 ms, 1% of this system's step per value (systems/step_logs.py).
+        # Lightning a measurable share of this small system's step (systems/step_logs.py).
         if logs_written_this_step(self):
             self._log_step(loss_d if d_ok else None, loss_g if g_ok else None, d_real, d_fake)
 
@@ -369,7 +413,7 @@ class GANSystem(NonFiniteLossGuard, L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)  # the non-finite step count
-        checkpoint["gan_config"] = asdict(self.cfg)  # lets `generate` rebuild the generator alone
+        checkpoint[SPEC.checkpoint_key] = asdict(self.cfg)  # lets `generate` rebuild the generator alone
 
 
 def ema_with_warmup(decay: float):

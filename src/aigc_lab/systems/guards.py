@@ -42,12 +42,11 @@ def check_policy(policy: str) -> None:
 
 
 class NonFiniteLossGuard:
-    """Mixin for the systems (LightningModules with a ``nonfinite_loss`` hyperparameter): ``loss_is_finite``
+    """Mixin of ``System`` (systems/spec.py: a ``spec`` and a ``nonfinite_loss`` hyperparameter): ``loss_is_finite``
     before each backward pass, and the skip count in checkpoints. A system's own ``on_save_checkpoint`` and
     ``on_load_checkpoint`` must call ``super()``."""
 
     nonfinite_steps: int = 0
-    clip_option = "trainer.gradient_clip_val=1.0"  # how this system clips gradients (the GAN: its own option)
 
     def loss_is_finite(self, loss: torch.Tensor, name: str) -> bool:
         """True when ``loss`` is finite on every rank. Otherwise, by policy: skip (count, log, return False;
@@ -63,8 +62,8 @@ class NonFiniteLossGuard:
             fp16 = "32-true or bf16-mixed instead of 16-mixed precision, " if trainer.precision == "16-mixed" else ""
             raise NonFiniteLossError(
                 f"{name} is {value} at {where}: training stopped; {_last_good_checkpoint(trainer)}. Fixes: a lower "
-                f"learning rate (model.lr), gradient clipping ({self.clip_option}), {fp16}or model.nonfinite_loss=skip "
-                f"to skip such steps")
+                f"learning rate (model.lr), gradient clipping ({self.spec.clip_option}), {fp16}or "
+                f"model.nonfinite_loss=skip to skip such steps")
         self.nonfinite_steps += 1
         self.log("train/nonfinite_steps", float(self.nonfinite_steps))
         if trainer.is_global_zero and (self.nonfinite_steps <= 5 or math.log10(self.nonfinite_steps).is_integer()):

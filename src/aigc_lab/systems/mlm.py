@@ -15,32 +15,65 @@ layer, and the position table), not to biases or LayerNorm weights.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from functools import partial
-from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only
 from tokenizers import Tokenizer
 
 from aigc_lab.data.masking import IGNORE_INDEX
-from aigc_lab.data.tokenizer import MASK, SPECIAL_TOKENS, tokenizer_from_json
-from aigc_lab.errors import UserError
+from aigc_lab.data.tokenizer import MASK, SPECIAL_TOKENS
 from aigc_lab.models.mlm import MaskedLM, MLMConfig
-from aigc_lab.systems.guards import NonFiniteLossGuard, check_policy
-from aigc_lab.systems.schedule import planned_steps, warmup_then_decay
+from aigc_lab.systems.flops import output_flops, param_count, stack_flops
+from aigc_lab.systems.spec import SystemSpec, register
+from aigc_lab.systems.token_system import TokenSystem, load_for_inference, saved_vocab_size
 from aigc_lab.utils.memory import TRAIN_STATE_BYTES, VALUE_BYTES, Need, TransformerShape, mlm_params, transformer_parts
-from aigc_lab.utils.validate import at_least, in_interval, net_config, one_of, optimizer_lr, positive
+from aigc_lab.utils.validate import positive
 
 Batch = dict[str, torch.Tensor]  # input_ids [B, T], labels [B, T], attention_mask [B, T] (when padded)
 
 
-class MLMSystem(NonFiniteLossGuard, L.LightningModule):
-    checkpoint_key = "mlm_config"  # what on_save_checkpoint adds; checkpoints.check_checkpoint_for reads it
-    data_option = "text"  # the conf/data option it trains on; train.check_pairing compares the two
+def mlm_tokens(system: MLMSystem, batch: Batch) -> int:
+    """Non-pad input tokens."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+
+
+def mlm_train_flops(system: MLMSystem, batch: Batch) -> int:
+    """``tokens * (6 N + 12 L d T) + masked * 6 V d`` (systems/flops.py; T: the padded length; the vocabulary
+    projection is computed at masked positions only)."""
+    model, cfg = system.model, system.cfg
+    masked = int((batch["labels"] != IGNORE_INDEX).sum())
+    body = stack_flops(param_count(model.encoder), cfg.n_layers, cfg.d_model, batch["input_ids"].shape[1],
+                       mlm_tokens(system, batch))
+    return body + output_flops(masked, cfg.vocab_size, cfg.d_model)
+
+
+def load_mlm(ckpt: dict) -> tuple[MaskedLM, Tokenizer]:
+    """The masked LM of a checkpoint, in eval mode, and its tokenizer."""
+    return load_for_inference(ckpt, SPEC, MLMConfig, MaskedLM, SPECIAL_TOKENS)
+
+
+SPEC = register(SystemSpec(
+    name="mlm",
+    describes="a masked LM (experiment=mlm_*)",
+    data_option="text",
+    net_config=MLMConfig,
+    checkpoint_key="mlm_config",
+    inference="aigc_lab.fill_mask:run",
+    load="aigc_lab.systems.mlm:load_mlm",
+    count_samples=lambda batch: len(batch["input_ids"]),
+    count_tokens=mlm_tokens,
+    train_flops=mlm_train_flops,
+))
+
+
+class MLMSystem(TokenSystem):
+    spec = SPEC
+    config_class, model_class, special_tokens = MLMConfig, MaskedLM, SPECIAL_TOKENS
+    length_key, display_name = "block_size", "the masked LM"
 
     def __init__(
         self,
@@ -62,50 +95,14 @@ class MLMSystem(NonFiniteLossGuard, L.LightningModule):
         [MASK] in TensorBoard's TEXT tab. ``nonfinite_loss``: a NaN/inf loss stops the run or skips the step
         (``systems/guards.py``)."""
         super().__init__()
-        positive("model.lr", lr)
-        optimizer_lr("model.optimizer", optimizer)
-        in_interval("model.warmup_ratio", warmup_ratio, 0, 1, "[)")
-        in_interval("model.min_lr_ratio", min_lr_ratio, 0, 1)
-        one_of("model.schedule", schedule, ("cosine", "linear", "constant"))
-        at_least("model.num_examples", num_examples, 0)
+        self.check_options(net, optimizer, lr, schedule, ("cosine", "linear", "constant"), warmup_ratio,
+                           min_lr_ratio, num_examples, nonfinite_loss)
         positive("model.example_top_k", example_top_k)
-        check_policy(nonfinite_loss)
-        if not isinstance(net, MLMConfig):  # checks the other fields now, before any data work
-            net_config("model.net", net, vocab_size=len(SPECIAL_TOKENS) + 1)
         self.save_hyperparameters(logger=False)
-        self.cfg: MLMConfig | None = net if isinstance(net, MLMConfig) else None
-        self.model: MaskedLM | None = MaskedLM(self.cfg) if self.cfg is not None else None
-        self.tokenizer: Tokenizer | None = None
+        self.init_network(net)
         self._examples: Batch | None = None
 
-    # ---------------------------------------------------------------- building
-    def configure_model(self) -> None:
-        """Build the network for the datamodule's tokenizer (called by the trainer before fit/test)."""
-        try:
-            datamodule = getattr(self.trainer, "datamodule", None)
-        except RuntimeError:  # load_from_checkpoint, no trainer: on_load_checkpoint builds from the checkpoint
-            return
-        tokenizer = getattr(datamodule, "tokenizer", None)
-        if tokenizer is not None and self.tokenizer is None:
-            self.set_tokenizer(tokenizer)
-        if self.model is not None:
-            return
-        if self.tokenizer is None:
-            raise UserError("the masked LM needs a datamodule with a tokenizer (e.g. data=text)")
-        self.cfg = self.hparams.net(vocab_size=self.tokenizer.get_vocab_size())
-        self.model = MaskedLM(self.cfg)
-        block_size = getattr(getattr(datamodule, "hparams", None), "block_size", 0)
-        if block_size > self.cfg.max_len:
-            raise UserError(f"data.block_size ({block_size}) exceeds model.net.max_len ({self.cfg.max_len})")
-
     # ---------------------------------------------------------------- sizes (checked before any data work)
-    def check_bounds(self, datamodule: Any) -> None:
-        """The datamodule's sizes against the model: a block must fit the position table (model.net.max_len)."""
-        block_size = getattr(getattr(datamodule, "hparams", None), "block_size", 0)
-        max_len = self._config(len(SPECIAL_TOKENS) + 1).max_len
-        if block_size > max_len:
-            raise UserError(f"data.block_size ({block_size}) exceeds model.net.max_len ({max_len})")
-
     def memory_needs(self, datamodule: Any, stage: str = "fit") -> list[Need]:
         """One training and one validation batch (``stage="fit"``), or one test batch (``"test"``), as functions
         of data.block_size, the batch size and data.vocab_size (utils/memory.py has the formulas). The vocabulary
@@ -113,8 +110,8 @@ class MLMSystem(NonFiniteLossGuard, L.LightningModule):
         h = getattr(datamodule, "hparams", None)
         if h is None or "block_size" not in h:
             return []
-        fixed_vocab = self.cfg.vocab_size if self.cfg is not None else _saved_vocab_size(h.get("tokenizer_path"))
-        cfg = self._config(fixed_vocab or h.vocab_size)
+        fixed_vocab = self.cfg.vocab_size if self.cfg is not None else saved_vocab_size(h.get("tokenizer_path"))
+        cfg = self.network_config(fixed_vocab or h.vocab_size)
         shape = TransformerShape.of(cfg)
         own_positions = cfg.max_len != h.block_size  # else the table follows data.block_size (${data.block_size})
 
@@ -139,21 +136,6 @@ class MLMSystem(NonFiniteLossGuard, L.LightningModule):
                     batch("data.eval_batch_size", False, TRAIN_STATE_BYTES)]
         return [batch("data.eval_batch_size", False, VALUE_BYTES)]
 
-    def _config(self, vocab_size: int) -> MLMConfig:
-        return self.cfg if self.cfg is not None else self.hparams.net(vocab_size=vocab_size)
-
-    def set_tokenizer(self, tokenizer: Tokenizer) -> None:
-        vocab = tokenizer.get_vocab_size()
-        if self.cfg is not None and self.cfg.vocab_size != vocab:
-            raise UserError(f"the model's vocab_size is {self.cfg.vocab_size} but the tokenizer has {vocab} tokens")
-        self.tokenizer = tokenizer
-
-    def on_fit_start(self) -> None:
-        # The model did not exist when the launcher recorded hyperparameters: add its size now.
-        n_params = sum(p.numel() for p in self.parameters())
-        for logger in self.loggers:
-            logger.log_hyperparams({"params/total": n_params, "params/trainable": n_params})
-
     # ---------------------------------------------------------------- training
     def masked_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mean loss over masked tokens, summed loss, number of correct top-1 predictions); logits only at masks."""
@@ -172,13 +154,6 @@ class MLMSystem(NonFiniteLossGuard, L.LightningModule):
             return None  # model.nonfinite_loss=skip: Lightning takes no optimizer step for this batch
         self.log("train/loss", loss, prog_bar=True)
         return loss
-
-    def configure_optimizers(self):
-        optimizer = self.hparams.optimizer(weight_decay_groups(self))  # curves: lr/decay, lr/no_decay
-        factor = warmup_then_decay(planned_steps(self.trainer), self.hparams.warmup_ratio, self.hparams.schedule,
-                                   self.hparams.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
     # ---------------------------------------------------------------- evaluation
     def on_validation_epoch_start(self) -> None:
@@ -226,47 +201,6 @@ class MLMSystem(NonFiniteLossGuard, L.LightningModule):
             if hasattr(logger.experiment, "add_text"):
                 logger.experiment.add_text("fill_mask/val_examples", text, self.global_step)
 
-    # ---------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)  # the non-finite step count
-        checkpoint["mlm_config"] = asdict(self.cfg)  # lets `generate` rebuild the model alone
-        checkpoint["tokenizer_json"] = self.tokenizer.to_str() if self.tokenizer is not None else None
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        saved = checkpoint.get("tokenizer_json")
-        if self.tokenizer is not None and saved is not None and saved != self.tokenizer.to_str():
-            raise UserError(
-                "this checkpoint was trained with another tokenizer than the datamodule's: point "
-                "data.tokenizer_path at the checkpoint's run dir tokenizer.json"
-            )
-        if saved is not None and self.tokenizer is None:
-            self.tokenizer = tokenizer_from_json(saved)
-        if self.model is None:  # load_from_checkpoint outside a trainer: build from the saved config
-            self.cfg = MLMConfig(**checkpoint["mlm_config"])
-            self.model = MaskedLM(self.cfg)
-
-
-def _saved_vocab_size(tokenizer_path: str | None) -> int | None:
-    """The vocabulary size of a saved tokenizer.json (data.tokenizer_path), or None (none given, or unreadable:
-    the datamodule reports that when it loads it)."""
-    if not tokenizer_path:
-        return None
-    try:
-        return Tokenizer.from_file(str(Path(tokenizer_path).expanduser())).get_vocab_size()
-    except Exception:  # tokenizers raises its own Exception type
-        return None
-
-
-def weight_decay_groups(module: torch.nn.Module) -> list[dict]:
-    """Optimizer parameter groups: every matrix decays, biases and LayerNorm weights (ndim < 2) do not.
-    The names label the learning-rate curves (lr/decay, lr/no_decay)."""
-    decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in module.parameters() if p.requires_grad and p.ndim < 2]
-    return [{"params": decay, "name": "decay"}, {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
-
-
-@torch.no_grad()
 def fill_mask_report(model: MaskedLM, tokenizer: Tokenizer, batch: Batch, top_k: int = 3) -> str:
     """Markdown: each sequence (with its masks) and, per masked position, the top-k guesses vs. the truth."""
     was_training = model.training

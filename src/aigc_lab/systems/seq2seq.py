@@ -23,12 +23,10 @@ The model is built in ``configure_model`` from the datamodule's tokenizer (``net
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -36,13 +34,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from tokenizers import Tokenizer
 
 from aigc_lab.data.parallel import Batch, detokenize
-from aigc_lab.data.tokenizer import BOS, EOS, PAD, SEQ2SEQ_SPECIAL_TOKENS, tokenizer_from_json
-from aigc_lab.errors import ConfigError, UserError
+from aigc_lab.data.tokenizer import BOS, EOS, PAD, SEQ2SEQ_SPECIAL_TOKENS
+from aigc_lab.errors import ConfigError
 from aigc_lab.models.decoding import search
 from aigc_lab.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
-from aigc_lab.systems.guards import NonFiniteLossGuard, check_policy
-from aigc_lab.systems.mlm import weight_decay_groups
-from aigc_lab.systems.schedule import planned_steps, warmup_then_decay
+from aigc_lab.systems.flops import output_flops, param_count, stack_flops
+from aigc_lab.systems.spec import SystemSpec, register
+from aigc_lab.systems.token_system import TokenSystem, load_for_inference
 from aigc_lab.utils.memory import (
     TRAIN_STATE_BYTES,
     VALUE_BYTES,
@@ -53,14 +51,51 @@ from aigc_lab.utils.memory import (
     seq2seq_params,
     transformer_parts,
 )
-from aigc_lab.utils.validate import at_least, in_interval, net_config, one_of, optimizer_lr, positive
+from aigc_lab.utils.validate import at_least, in_interval, positive
 
 Triple = tuple[str, str, str]  # (source, reference, hypothesis)
 
 
-class Seq2SeqSystem(NonFiniteLossGuard, L.LightningModule):
-    checkpoint_key = "seq2seq_config"  # what on_save_checkpoint adds; checkpoints.check_checkpoint_for reads it
-    data_option = "parallel"  # the conf/data option it trains on; train.check_pairing compares the two
+def target_tokens(system: Seq2SeqSystem, batch: Batch) -> int:
+    """Non-pad target tokens."""
+    return int((batch["tgt_out"] != system.pad_id).sum())
+
+
+def seq2seq_train_flops(system: Seq2SeqSystem, batch: Batch) -> int:
+    """``src_tokens * (6 N_enc + 12 L_enc d S) + tgt_tokens * (6 N_dec + 12 L_dec d (T + S) + 6 V d)``
+    (systems/flops.py; decoder self-attention over T, cross-attention over S)."""
+    model, cfg = system.model, system.cfg
+    src_len, tgt_len = batch["src"].shape[1], batch["tgt_out"].shape[1]
+    src_tokens, tgt_tokens = int(batch["src_mask"].sum()), target_tokens(system, batch)
+    encoder = stack_flops(param_count(model.encoder), cfg.n_enc_layers, cfg.d_model, src_len, src_tokens)
+    decoder = stack_flops(param_count(model.decoder, model.dec_ln), cfg.n_dec_layers, cfg.d_model,
+                          tgt_len + src_len, tgt_tokens)
+    return encoder + decoder + output_flops(tgt_tokens, cfg.vocab_size, cfg.d_model)
+
+
+def load_seq2seq(ckpt: dict) -> tuple[Seq2SeqTransformer, Tokenizer]:
+    """The seq2seq model of a checkpoint, in eval mode, and its tokenizer."""
+    return load_for_inference(ckpt, SPEC, Seq2SeqConfig, Seq2SeqTransformer, SEQ2SEQ_SPECIAL_TOKENS)
+
+
+SPEC = register(SystemSpec(
+    name="seq2seq",
+    describes="a seq2seq model (experiment=seq2seq_*)",
+    data_option="parallel",
+    net_config=Seq2SeqConfig,
+    checkpoint_key="seq2seq_config",
+    inference="aigc_lab.translate:run",
+    load="aigc_lab.systems.seq2seq:load_seq2seq",
+    count_samples=lambda batch: len(batch["src"]),
+    count_tokens=target_tokens,
+    train_flops=seq2seq_train_flops,
+))
+
+
+class Seq2SeqSystem(TokenSystem):
+    spec = SPEC
+    config_class, model_class, special_tokens = Seq2SeqConfig, Seq2SeqTransformer, SEQ2SEQ_SPECIAL_TOKENS
+    length_key, display_name = "max_len", "the seq2seq model"
 
     def __init__(
         self,
@@ -85,44 +120,15 @@ class Seq2SeqSystem(NonFiniteLossGuard, L.LightningModule):
         tokens and at most 2 x the batch's source length + 10. ``nonfinite_loss``: a NaN/inf loss stops the run
         or skips the step (``systems/guards.py``)."""
         super().__init__()
-        positive("model.lr", lr)
-        optimizer_lr("model.optimizer", optimizer)
-        in_interval("model.warmup_ratio", warmup_ratio, 0, 1, "[)")
-        in_interval("model.min_lr_ratio", min_lr_ratio, 0, 1)
-        one_of("model.schedule", schedule, ("inverse_sqrt", "cosine", "linear", "constant"))
+        self.check_options(net, optimizer, lr, schedule, ("inverse_sqrt", "cosine", "linear", "constant"),
+                           warmup_ratio, min_lr_ratio, num_examples, nonfinite_loss)
         in_interval("model.label_smoothing", label_smoothing, 0, 1, "[)")
         at_least("model.beam_size", beam_size, 1)
         at_least("model.max_decode_len", max_decode_len, 1)
         positive("model.val_decode_batches", val_decode_batches, optional=True)  # null: all
-        at_least("model.num_examples", num_examples, 0)
-        check_policy(nonfinite_loss)
-        if not isinstance(net, Seq2SeqConfig):  # checks the other fields now, before any data work
-            net_config("model.net", net, vocab_size=len(SEQ2SEQ_SPECIAL_TOKENS) + 1)
         self.save_hyperparameters(logger=False)
-        self.cfg: Seq2SeqConfig | None = net if isinstance(net, Seq2SeqConfig) else None
-        self.model: Seq2SeqTransformer | None = Seq2SeqTransformer(self.cfg) if self.cfg is not None else None
-        self.tokenizer: Tokenizer | None = None
+        self.init_network(net)
         self._outputs: list[Triple] = []
-
-    # ---------------------------------------------------------------- building
-    def configure_model(self) -> None:
-        """Build the network for the datamodule's tokenizer (called by the trainer before fit/test)."""
-        try:
-            datamodule = getattr(self.trainer, "datamodule", None)
-        except RuntimeError:  # load_from_checkpoint, no trainer: on_load_checkpoint builds from the checkpoint
-            return
-        tokenizer = getattr(datamodule, "tokenizer", None)
-        if tokenizer is not None and self.tokenizer is None:
-            self.set_tokenizer(tokenizer)
-        if self.model is not None:
-            return
-        if self.tokenizer is None:
-            raise UserError("the seq2seq model needs a datamodule with a tokenizer (e.g. data=parallel)")
-        self.cfg = self.hparams.net(vocab_size=self.tokenizer.get_vocab_size())
-        self.model = Seq2SeqTransformer(self.cfg)
-        max_len = getattr(getattr(datamodule, "hparams", None), "max_len", 0)
-        if max_len > self.cfg.max_len:
-            raise UserError(f"data.max_len ({max_len}) exceeds model.net.max_len ({self.cfg.max_len})")
 
     # ---------------------------------------------------------------- sizes (checked before any data work)
     def check_bounds(self, datamodule: Any) -> None:
@@ -131,9 +137,7 @@ class Seq2SeqSystem(NonFiniteLossGuard, L.LightningModule):
         h = getattr(datamodule, "hparams", None)
         if h is None or "max_len" not in h:
             return
-        cfg = self._config(len(SEQ2SEQ_SPECIAL_TOKENS) + 1)
-        if h.max_len > cfg.max_len:
-            raise UserError(f"data.max_len ({h.max_len}) exceeds model.net.max_len ({cfg.max_len})")
+        super().check_bounds(datamodule)
         vocab = _vocab_bound(h)
         if self.hparams.beam_size > vocab:
             raise ConfigError(f"model.beam_size must be <= the vocabulary ({vocab} tokens, {_vocab_source(h)}), "
@@ -149,7 +153,7 @@ class Seq2SeqSystem(NonFiniteLossGuard, L.LightningModule):
             return []
         vocab_key = h.task == "tsv" and not h.tokenizer_path and self.cfg is None
         fixed_vocab = self.cfg.vocab_size if self.cfg is not None else _vocab_bound(h)
-        cfg = self._config(fixed_vocab)
+        cfg = self.network_config(fixed_vocab)
         shape = TransformerShape.of(cfg)
         own_positions = cfg.max_len != h.max_len  # else the tables follow data.max_len (${data.max_len})
 
@@ -186,24 +190,9 @@ class Seq2SeqSystem(NonFiniteLossGuard, L.LightningModule):
                     Need("one validation batch", eval_sizes, evaluation(TRAIN_STATE_BYTES), lowest)]
         return [Need("one test batch", eval_sizes, evaluation(VALUE_BYTES), lowest)]
 
-    def _config(self, vocab_size: int) -> Seq2SeqConfig:
-        return self.cfg if self.cfg is not None else self.hparams.net(vocab_size=vocab_size)
-
-    def set_tokenizer(self, tokenizer: Tokenizer) -> None:
-        vocab = tokenizer.get_vocab_size()
-        if self.cfg is not None and self.cfg.vocab_size != vocab:
-            raise UserError(f"the model's vocab_size is {self.cfg.vocab_size} but the tokenizer has {vocab} tokens")
-        self.tokenizer = tokenizer
-
     @property
     def pad_id(self) -> int:
         return self.tokenizer.token_to_id(PAD)
-
-    def on_fit_start(self) -> None:
-        # The model did not exist when the launcher recorded hyperparameters: add its size now.
-        n_params = sum(p.numel() for p in self.parameters())
-        for logger in self.loggers:
-            logger.log_hyperparams({"params/total": n_params, "params/trainable": n_params})
 
     # ---------------------------------------------------------------- training
     def teacher_forced_logits(self, batch: Batch) -> torch.Tensor:
@@ -220,13 +209,6 @@ class Seq2SeqSystem(NonFiniteLossGuard, L.LightningModule):
             return None  # model.nonfinite_loss=skip: Lightning takes no optimizer step for this batch
         self.log("train/loss", loss, prog_bar=True)
         return loss
-
-    def configure_optimizers(self):
-        optimizer = self.hparams.optimizer(weight_decay_groups(self))  # curves: lr/decay, lr/no_decay
-        factor = warmup_then_decay(planned_steps(self.trainer), self.hparams.warmup_ratio, self.hparams.schedule,
-                                   self.hparams.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
     # ---------------------------------------------------------------- evaluation
     def on_validation_epoch_start(self) -> None:
@@ -296,27 +278,6 @@ class Seq2SeqSystem(NonFiniteLossGuard, L.LightningModule):
         for logger in self.loggers:
             if hasattr(logger.experiment, "add_text"):
                 logger.experiment.add_text("translations/val_examples", text, self.global_step)
-
-    # ---------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)  # the non-finite step count
-        checkpoint["seq2seq_config"] = asdict(self.cfg)  # lets `generate` rebuild the model alone
-        checkpoint["tokenizer_json"] = self.tokenizer.to_str() if self.tokenizer is not None else None
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        saved = checkpoint.get("tokenizer_json")
-        if self.tokenizer is not None and saved is not None and saved != self.tokenizer.to_str():
-            raise UserError(
-                "this checkpoint was trained with another tokenizer than the datamodule's: point "
-                "data.tokenizer_path at the checkpoint's run dir tokenizer.json"
-            )
-        if saved is not None and self.tokenizer is None:
-            self.tokenizer = tokenizer_from_json(saved, SEQ2SEQ_SPECIAL_TOKENS)
-        if self.model is None:  # load_from_checkpoint outside a trainer: build from the saved config
-            self.cfg = Seq2SeqConfig(**checkpoint["seq2seq_config"])
-            self.model = Seq2SeqTransformer(self.cfg)
-
 
 def _vocab_bound(h: Any) -> int:
     """The most tokens the datamodule's tokenizer can have: the synthetic task's symbols and special tokens, a

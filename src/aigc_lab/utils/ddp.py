@@ -13,8 +13,8 @@ and hangs. ``prepare_ddp_launch`` (called by ``train`` before the trainer is bui
   checkpoints, TensorBoard);
 - before each later job of the same process, the previous job's process group is destroyed and the
   variables Lightning's launcher set are put back as they were, so the new job launches its own ranks;
-- ``strategy: ddp`` becomes ``ddp_find_unused_parameters_true`` for systems that declare
-  ``ddp_find_unused_parameters = True`` (the GAN: each backward pass reaches one of its two networks).
+- ``strategy: ddp`` becomes ``ddp_find_unused_parameters_true`` for systems whose spec declares
+  ``ddp_find_unused_parameters`` (the GAN: each backward pass reaches one of its two networks).
 
 Processes started by an external launcher (torchrun, SLURM) come with ``LOCAL_RANK`` set: Lightning
 launches nothing then, and nothing here changes.
@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
 
 from omegaconf import DictConfig
 
@@ -40,15 +39,15 @@ _SWEEP_KEYS = ("hydra.mode", "hydra.run", "hydra.sweep", "hydra.sweeper", "hydra
 _env_before_first_job: dict[str, str | None] | None = None
 
 
-def prepare_ddp_launch(trainer_cfg: DictConfig, system: Any) -> None:
+def prepare_ddp_launch(trainer_cfg: DictConfig, find_unused_parameters: bool = False, name: str = "") -> None:
     """Make Lightning launch this Hydra job's ranks into its folder; clean up after a previous job's ranks;
-    pick DDP's unused-parameter search for systems that need it."""
+    pick DDP's unused-parameter search when the system (``name``) needs it."""
     from hydra.core.hydra_config import HydraConfig
     from lightning.pytorch.strategies.launchers import subprocess_script
 
     global _env_before_first_job
-    if trainer_cfg.get("strategy") == "ddp" and getattr(system, "ddp_find_unused_parameters", False):
-        log.info("%s: strategy ddp_find_unused_parameters_true (see its class)", type(system).__name__)
+    if trainer_cfg.get("strategy") == "ddp" and find_unused_parameters:
+        log.info("%s: strategy ddp_find_unused_parameters_true (see its spec)", name)
         trainer_cfg.strategy = "ddp_find_unused_parameters_true"
     if not HydraConfig.initialized():
         return
@@ -64,7 +63,7 @@ def hydra_job_command(local_rank: int) -> tuple[list[str], str]:
     """(command, cwd) that starts rank ``local_rank`` of the current Hydra job as a single run in its folder."""
     from hydra.core.hydra_config import HydraConfig
 
-    from aigc_lab.resume import quote
+    from aigc_lab.utils.overrides import quote
 
     hydra = HydraConfig.get()
     kept = [o for o in hydra.overrides.hydra if not o.lstrip("~+").startswith(_SWEEP_KEYS)]

@@ -4,11 +4,11 @@ fit is refused in one line that names the config key, the estimate, the limit an
     data.block_size=100000 needs about 5.1 TB of memory for one training batch (attention scores: 2 x batch 32
     x 2 heads x 100000^2 x 2 layers x 4 bytes), this machine has 23 GB available: use data.block_size <= 4300
 
-Every system describes its needs (``memory_needs`` on GANSystem, ClassifierSystem, MLMSystem, Seq2SeqSystem;
-``generate`` its own) as ``Need``s: the config keys an estimate grows with, and a function of them that returns
-the estimate in named ``Part``s. ``check_memory`` compares each with a ``Limit`` and, when one does not fit,
-finds for each key the largest value that fits with the others as they are (the estimates grow with every key),
-and names the key that is furthest out of proportion.
+Every system describes its needs (``System.memory_needs``, systems/spec.py; ``generate`` its own) as ``Need``s:
+the config keys an estimate grows with, and a function of them that returns the estimate in named ``Part``s.
+``check_memory`` compares each with a ``Limit`` and, when one does not fit, finds for each key the largest value
+that fits with the others as they are (the estimates grow with every key), and names the key that is furthest
+out of proportion.
 
 The estimates are conservative: every value counts 4 bytes (fp32; mixed precision halves the activations), and
 attention is counted as if its score matrices were materialized (sdpa's math path, which any attention mask or
@@ -339,16 +339,3 @@ def param_count(module: nn.Module) -> int:
 def per_sample_part(name: str, per_sample: int, batch: int, what: str) -> Part:
     """``batch`` samples of ``per_sample`` values, 4 bytes each."""
     return Part(name, VALUE_BYTES * per_sample * batch, f"batch {batch:,} x {per_sample:,} {what} x 4 bytes")
-
-
-# -------------------------------------------------------------------- the launchers' check
-def check_system_sizes(system: Any, datamodule: Any, trainer: Mapping[str, Any] | None, stage: str = "fit") -> None:
-    """A system's sizes against its model (``check_bounds``) and this machine (``memory_needs`` against
-    ``memory_limit``), before any data is read: ``train``, ``check_before_writing`` (a resume's pre-check) and
-    ``eval`` (``stage="test"``) call it. Raises ConfigError or ResourceError, one line each."""
-    check_bounds = getattr(system, "check_bounds", None)
-    if check_bounds is not None:
-        check_bounds(datamodule)
-    memory_needs = getattr(system, "memory_needs", None)
-    if memory_needs is not None:
-        check_memory(memory_needs(datamodule, stage), memory_limit(trainer))

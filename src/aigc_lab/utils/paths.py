@@ -61,3 +61,12 @@ def _check(config: DictConfig, key: str) -> None:
         print(f"\nerror: cannot create the output folder {folder} ({key}): {problem}. "
               f"Fix: set paths.log_dir (or {key}) to a writable folder", file=sys.stderr)
         sys.exit(1)
+
+
+def conf_dir() -> str:
+    """The repo's ``conf/`` in a source checkout, else the copy packaged inside the wheel."""
+    package = Path(__file__).resolve().parents[1]  # src/aigc_lab
+    for candidate in (package.parents[1] / "conf", package / "conf"):
+        if (candidate / "train.yaml").exists():
+            return str(candidate)
+    raise FileNotFoundError(f"no conf/train.yaml next to {package}")

@@ -44,6 +44,25 @@ def print_config_tree(cfg: DictConfig, save_to: Path | None = None, order: Seque
             rich.print(tree, file=f)
 
 
+def process_line() -> str:
+    """The second line of ``STATUS`` while this process runs the run."""
+    pid = os.getpid()
+    start = start_ticks(pid)
+    since = datetime.now().astimezone().isoformat(timespec="seconds")
+    return f"pid={pid} host={platform.node()} start={'-' if start is None else start} since={since}"
+
+
+def start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot), or None without ``/proc`` or without the process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so the fields after the last ")"
+    # start at field 3; starttime is field 22.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
 _CURRENT_RUN: list[Path] = []  # the run dir this process last marked running (rank zero)
 
 
@@ -54,8 +73,6 @@ def mark_run(run_dir: Path, status: str, detail: str = "") -> None:
     a later launch marks the run ``killed`` once that process is gone). A run dir removed during the run stays
     removed (nothing to mark; recreating it would leave a folder that holds only a STATUS file)."""
     if status == "running":
-        from aigc_lab.utils.stale_runs import process_line
-
         run_dir.mkdir(parents=True, exist_ok=True)
         detail = detail or process_line()
         _CURRENT_RUN[:] = [Path(run_dir)]

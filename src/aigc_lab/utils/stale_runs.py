@@ -24,34 +24,15 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
 
-from aigc_lab.utils.run_info import mark_run
+from aigc_lab.utils.run_info import mark_run, process_line, start_ticks  # noqa: F401 (process_line: tests)
 
 log = logging.getLogger("aigc_lab")
-
-
-def process_line() -> str:
-    """The second line of ``STATUS`` while this process runs the run."""
-    pid = os.getpid()
-    start = start_ticks(pid)
-    since = datetime.now().astimezone().isoformat(timespec="seconds")
-    return f"pid={pid} host={platform.node()} start={'-' if start is None else start} since={since}"
 
 
 def parse_process(line: str) -> dict[str, str] | None:
     """``key=value`` fields of a process line; None for any other line (an older run's, a detail)."""
     fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
     return fields if fields.get("pid", "").isdigit() and fields.get("host") else None
-
-
-def start_ticks(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks after boot), or None without ``/proc`` or without the process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so the fields after the last ")"
-    # start at field 3; starttime is field 22.
-    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def process_gone(fields: dict[str, str]) -> bool:

@@ -13,26 +13,24 @@ from matplotlib.figure import Figure
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from aigc_lab.sweep_summary import Job
 
-
-def plot_sweep(path: Path, jobs: list[Job], keys: list[str], metric: str | None) -> None:
-    from aigc_lab.sweep_summary import value_of
-
+def plot_sweep(path: Path, names: list[str], params: list[dict[str, str]], values: list[float], keys: list[str],
+               metric: str | None) -> None:
+    """Jobs ``names`` with their swept ``params`` and metric ``values`` (NaN: none), against each of ``keys`` (the
+    job names when there are none)."""
     keys = keys or ["job"]
     cols = min(len(keys), 4)  # wrap many parameters into rows of 4 panels
     rows = math.ceil(len(keys) / cols)
     fig = Figure(figsize=(4.2 * cols, 3.4 * rows), layout="constrained")
     FigureCanvasAgg(fig)
-    values = [value_of(job, metric) for job in jobs]
     for i, key in enumerate(keys):
         ax = fig.add_subplot(rows, cols, i + 1)
-        labels = [job.name if key == "job" else job.params.get(key, "") for job in jobs]
+        labels = [name if key == "job" else job_params.get(key, "") for name, job_params in zip(names, params)]
         draw_panel(ax, labels, values)
         ax.set_xlabel(key)
         ax.set_ylabel(metric or "optimized_metric")
     failed = sum(math.isnan(v) for v in values)
-    fig.suptitle(f"{len(jobs)} jobs" + (f", {failed} without a value (red x)" if failed else ""))
+    fig.suptitle(f"{len(names)} jobs" + (f", {failed} without a value (red x)" if failed else ""))
     fig.savefig(path, dpi=100)
 
 
