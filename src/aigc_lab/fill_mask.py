@@ -13,8 +13,9 @@ from tokenizers import Tokenizer
 from aigc_lab.data.tokenizer import MASK, SPECIAL_TOKENS
 from aigc_lab.errors import UserError
 from aigc_lab.models.mlm import MaskedLM
-from aigc_lab.systems.mlm import load_mlm
+from aigc_lab.systems.mlm import MLMSystem
 
+load_mlm = MLMSystem.load_for_inference  # (MaskedLM, Tokenizer) of a checkpoint
 Prediction = list[tuple[str, float]]  # (token, probability), best first
 
 

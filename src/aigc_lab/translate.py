@@ -23,9 +23,11 @@ from aigc_lab.data.tokenizer import BOS, EOS, PAD
 from aigc_lab.errors import UserError
 from aigc_lab.models.decoding import search
 from aigc_lab.models.seq2seq import Seq2SeqTransformer
-from aigc_lab.systems.seq2seq import load_seq2seq
+from aigc_lab.systems.seq2seq import Seq2SeqSystem
 from aigc_lab.utils.memory import Need, Part, check_memory, memory_limit
 from aigc_lab.utils.paths import ensure_dir
+
+load_seq2seq = Seq2SeqSystem.load_for_inference  # (Seq2SeqTransformer, Tokenizer) of a checkpoint
 
 
 def check_search(model: Seq2SeqTransformer, beam_size: int, max_len: int | None, batch_size: int) -> None:

@@ -40,6 +40,7 @@ from aigc_lab.data.tokenizer import (
     EOS,
     PAD,
     SEQ2SEQ_SPECIAL_TOKENS,
+    TokenizedData,
     check_tokenizer_options,
     load_or_train_tokenizer,
     load_tokenizer,
@@ -265,7 +266,7 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
 
 
 # -------------------------------------------------------------------- the data module
-class ParallelDataModule(L.LightningDataModule):
+class ParallelDataModule(TokenizedData, L.LightningDataModule):
     """Train/val/test pairs -> token-budget batches for teacher forcing and translation metrics."""
 
     data_option = "parallel"  # the conf/data option it is; train.check_pairing compares the two
@@ -276,10 +277,8 @@ class ParallelDataModule(L.LightningDataModule):
         train_file: str | None = None,
         val_file: str | None = None,
         test_file: str | None = None,
-        tokenizer_path: str | None = None,
-        vocab_size: int = 8000,
-        min_frequency: int = 2,
-        lowercase: bool = False,
+        # the tokenizer options (data/tokenizer.py checks them alike for both data modules)
+        tokenizer_path: str | None = None, vocab_size: int = 8000, min_frequency: int = 2, lowercase: bool = False,
         max_len: int = 128,
         max_tokens: int = 4096,
         eval_max_tokens: int = 8192,
@@ -439,15 +438,6 @@ class ParallelDataModule(L.LightningDataModule):
             self._no_pairs(split)
         return PairDataset([src_ids[i] for i in keep], [tgt_ids[i] for i in keep],
                            [sources[i] for i in keep], [targets[i] for i in keep])
-
-    @property
-    def vocab_size(self) -> int:
-        if self.tokenizer is None:
-            raise RuntimeError("the tokenizer is loaded in setup(): call it first")
-        return self.tokenizer.get_vocab_size()
-
-    def special_id(self, token: str) -> int:
-        return self.tokenizer.token_to_id(token)
 
     # ---------------------------------------------------------------- loaders
     def train_dataloader(self) -> DataLoader:

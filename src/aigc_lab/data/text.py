@@ -29,6 +29,7 @@ from aigc_lab.data.tokenizer import (
     PAD,
     SEP,
     SPECIAL_TOKENS,
+    TokenizedData,
     atomic_write,
     cache_key,
     check_tokenizer_options,
@@ -128,7 +129,7 @@ class Lines(Dataset):
         return torch.as_tensor(indices), rows
 
 
-class TextDataModule(L.LightningDataModule):
+class TextDataModule(TokenizedData, L.LightningDataModule):
     """Train/val/test text files -> masked-LM batches {"input_ids", "labels"[, "attention_mask"]}."""
 
     data_option = "text"  # the conf/data option it is; train.check_pairing compares the two
@@ -138,10 +139,8 @@ class TextDataModule(L.LightningDataModule):
         train_files: str | list[str],
         val_files: str | list[str],
         test_files: str | list[str] | None = None,
-        tokenizer_path: str | None = None,
-        vocab_size: int = 8192,
-        min_frequency: int = 2,
-        lowercase: bool = False,
+        # the tokenizer options (data/tokenizer.py checks them alike for both data modules)
+        tokenizer_path: str | None = None, vocab_size: int = 8192, min_frequency: int = 2, lowercase: bool = False,
         block_size: int = 128,
         line_by_line: bool = False,
         mask_rate: float = 0.15,
@@ -251,15 +250,6 @@ class TextDataModule(L.LightningDataModule):
                 f"block of {block} ({block - 2} + [CLS] and [SEP]): add text, or lower data.block_size"
             )
         return PackedBlocks(pack_blocks(blob["ids"], block, cls_id, sep_id))
-
-    @property
-    def vocab_size(self) -> int:
-        if self.tokenizer is None:
-            raise RuntimeError("the tokenizer is loaded in setup(): call it first")
-        return self.tokenizer.get_vocab_size()
-
-    def special_id(self, token: str) -> int:
-        return self.tokenizer.token_to_id(token)
 
     # ---------------------------------------------------------------- loaders
     def collator(self, seed: int | None) -> MaskingCollator:

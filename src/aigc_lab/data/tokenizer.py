@@ -33,6 +33,21 @@ SEQ2SEQ_SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)
 MAX_VOCAB = 2**31 - 1  # token ids are int32 tensors (and int32 in the token caches)
 
 
+class TokenizedData:
+    """What the token data modules share: the tokenizer that ``setup`` loads, its size and special ids."""
+
+    tokenizer: Tokenizer | None
+
+    @property
+    def vocab_size(self) -> int:
+        if self.tokenizer is None:
+            raise RuntimeError("the tokenizer is loaded in setup(): call it first")
+        return self.tokenizer.get_vocab_size()
+
+    def special_id(self, token: str) -> int:
+        return self.tokenizer.token_to_id(token)
+
+
 def check_tokenizer_options(vocab_size: int, min_frequency: int, num_workers: int, specials: Sequence[str],
                             least: int | None = None, why: str = "") -> None:
     """The tokenizer options both text data modules take (``data.vocab_size``, ``data.min_frequency``, and their

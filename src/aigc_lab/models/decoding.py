@@ -50,15 +50,8 @@ def _strip(ids: list[int], eos: int) -> list[int]:
 
 
 @torch.no_grad()
-def greedy_decode(
-    model: Seq2SeqTransformer,
-    src: torch.Tensor,
-    src_mask: torch.Tensor | None,
-    bos: int,
-    eos: int,
-    max_len: int,
-    use_cache: bool = True,
-) -> list[list[int]]:
+def greedy_decode(model: Seq2SeqTransformer, src: torch.Tensor, src_mask: torch.Tensor | None, bos: int, eos: int,
+                  max_len: int, use_cache: bool = True) -> list[list[int]]:
     """src [B, S], src_mask [B, S] -> B lists of at most ``max_len`` token ids: the most likely token at each step."""
     max_len = min(max_len, model.cfg.max_len)
     memory = model.encode(src, src_mask)  # [B, S, D]
@@ -146,16 +139,8 @@ def beam_search(
     return results
 
 
-def search(
-    model: Seq2SeqTransformer,
-    src: torch.Tensor,
-    src_mask: torch.Tensor | None,
-    bos: int,
-    eos: int,
-    max_len: int,
-    beam_size: int = 1,
-    length_penalty: float = 1.0,
-) -> list[list[int]]:
+def search(model: Seq2SeqTransformer, src: torch.Tensor, src_mask: torch.Tensor | None, bos: int, eos: int,
+           max_len: int, beam_size: int = 1, length_penalty: float = 1.0) -> list[list[int]]:
     """Greedy search for beam_size 1 (the same tokens as a beam of one, with less bookkeeping), else beam search."""
     if beam_size == 1:
         return greedy_decode(model, src, src_mask, bos, eos, max_len)

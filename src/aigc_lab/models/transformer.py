@@ -65,26 +65,28 @@ class KVCache:
             self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention: one fused qkv projection, sdpa, an output projection."""
+class MultiHead(nn.Module):
+    """What every attention layer checks and keeps: the number of heads (which must divide d_model) and the
+    attention dropout."""
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        self.n_heads = n_heads
-        self.dropout = dropout
+        self.n_heads, self.dropout = n_heads, dropout
+
+
+class SelfAttention(MultiHead):
+    """Multi-head self-attention: one fused qkv projection, sdpa, an output projection."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__(d_model, n_heads, dropout)
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
         self.proj_drop = nn.Dropout(dropout)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        attn_mask: torch.Tensor | None = None,
-        is_causal: bool = False,
-        cache: KVCache | None = None,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False,
+                cache: KVCache | None = None) -> torch.Tensor:
         """x [B, T, D]; attn_mask boolean, broadcastable to [B, H, T, S], or None -> [B, T, D].
 
         With a ``cache``, x holds only the new positions: their keys and values are appended to the
@@ -109,28 +111,19 @@ class SelfAttention(nn.Module):
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, t, d)))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(MultiHead):
     """Multi-head attention of queries x [B, T, D] over a memory [B, S, D] (the encoder output): a query
     projection, one fused key/value projection of the memory, sdpa, an output projection."""
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        self.n_heads = n_heads
-        self.dropout = dropout
+        super().__init__(d_model, n_heads, dropout)
         self.q = nn.Linear(d_model, d_model)
         self.kv = nn.Linear(d_model, 2 * d_model)
         self.proj = nn.Linear(d_model, d_model)
         self.proj_drop = nn.Dropout(dropout)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        memory: torch.Tensor,
-        attn_mask: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
         """x [B, T, D], memory [B, S, D], attn_mask boolean broadcastable to [B, H, T, S] -> [B, T, D].
 
         With a ``cache``, the memory's keys and values are computed at the first call and reused after.
@@ -170,10 +163,9 @@ class Block(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
         super().__init__()
-        self.ln_attn = nn.LayerNorm(d_model)
-        self.attn = SelfAttention(d_model, n_heads, dropout)
-        self.ln_mlp = nn.LayerNorm(d_model)
-        self.mlp = MLP(d_model, mlp_ratio, dropout)
+        # each sub-layer beside the LayerNorm that feeds it
+        self.ln_attn, self.attn = nn.LayerNorm(d_model), SelfAttention(d_model, n_heads, dropout)
+        self.ln_mlp, self.mlp = nn.LayerNorm(d_model), MLP(d_model, mlp_ratio, dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         x = x + self.attn(self.ln_attn(x), attn_mask, is_causal)
@@ -231,21 +223,12 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
         super().__init__()
-        self.ln_self = nn.LayerNorm(d_model)
-        self.self_attn = SelfAttention(d_model, n_heads, dropout)
-        self.ln_cross = nn.LayerNorm(d_model)
-        self.cross_attn = CrossAttention(d_model, n_heads, dropout)
-        self.ln_mlp = nn.LayerNorm(d_model)
-        self.mlp = MLP(d_model, mlp_ratio, dropout)
+        self.ln_self, self.self_attn = nn.LayerNorm(d_model), SelfAttention(d_model, n_heads, dropout)
+        self.ln_cross, self.cross_attn = nn.LayerNorm(d_model), CrossAttention(d_model, n_heads, dropout)
+        self.ln_mlp, self.mlp = nn.LayerNorm(d_model), MLP(d_model, mlp_ratio, dropout)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        memory: torch.Tensor,
-        memory_mask: torch.Tensor | None = None,
-        self_cache: KVCache | None = None,
-        cross_cache: KVCache | None = None,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None,
+                self_cache: KVCache | None = None, cross_cache: KVCache | None = None) -> torch.Tensor:
         """x [B, T, D] (the new target positions when cached), memory [B, S, D], memory_mask [B, 1, 1, S]."""
         x = x + self.self_attn(self.ln_self(x), is_causal=True, cache=self_cache)
         x = x + self.cross_attn(self.ln_cross(x), memory, memory_mask, cache=cross_cache)

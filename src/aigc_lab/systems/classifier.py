@@ -14,15 +14,8 @@ from aigc_lab.metrics.fid import save_classifier
 from aigc_lab.models.classifier import ClassifierConfig, DigitClassifier
 from aigc_lab.systems.guards import check_policy
 from aigc_lab.systems.spec import System, SystemSpec, register
-from aigc_lab.utils.memory import (
-    TRAIN_STATE_BYTES,
-    VALUE_BYTES,
-    Need,
-    Part,
-    layer_output_elements,
-    param_count,
-    per_sample_part,
-)
+from aigc_lab.utils.memory import TRAIN_STATE_BYTES, VALUE_BYTES, Need, Part, layer_output_elements, per_sample_part
+from aigc_lab.utils.memory import param_count as count_parameters
 from aigc_lab.utils.validate import at_least, optimizer_lr
 
 log = logging.getLogger("aigc_lab")
@@ -70,7 +63,7 @@ class ClassifierSystem(System):
         with torch.device("meta"):
             per_image = layer_output_elements(DigitClassifier(cfg), torch.empty(1, cfg.image_channels, 28, 28))
         per_image += 2 * cfg.image_channels * 28 * 28  # the images and their shifted copies
-        n_params = param_count(self.net)
+        n_params = count_parameters(self.net)
         state = TRAIN_STATE_BYTES if stage == "fit" else VALUE_BYTES
         params = Part("parameters", state * n_params, f"{state} bytes x {n_params:,} parameters")
 

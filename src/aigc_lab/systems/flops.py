@@ -9,12 +9,6 @@ sum: 2 x 2 x C x d per layer forward; causal masks are not halved, as in PaLM). 
 
 from __future__ import annotations
 
-from torch import nn
-
-
-def param_count(*modules: nn.Module) -> int:
-    return sum(p.numel() for m in modules for p in m.parameters())
-
 
 def stack_flops(n_params: int, n_layers: int, d_model: int, context: int, tokens: int) -> int:
     """Training FLOPs of a Transformer stack for ``tokens`` tokens attending over ``context`` positions."""

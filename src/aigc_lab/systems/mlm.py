@@ -26,10 +26,18 @@ from tokenizers import Tokenizer
 from aigc_lab.data.masking import IGNORE_INDEX
 from aigc_lab.data.tokenizer import MASK, SPECIAL_TOKENS
 from aigc_lab.models.mlm import MaskedLM, MLMConfig
-from aigc_lab.systems.flops import output_flops, param_count, stack_flops
+from aigc_lab.systems.flops import output_flops, stack_flops
 from aigc_lab.systems.spec import SystemSpec, register
-from aigc_lab.systems.token_system import TokenSystem, load_for_inference, saved_vocab_size
-from aigc_lab.utils.memory import TRAIN_STATE_BYTES, VALUE_BYTES, Need, TransformerShape, mlm_params, transformer_parts
+from aigc_lab.systems.token_system import TokenSystem, saved_vocab_size
+from aigc_lab.utils.memory import (
+    TRAIN_STATE_BYTES,
+    VALUE_BYTES,
+    Need,
+    TransformerShape,
+    mlm_params,
+    param_count,
+    transformer_parts,
+)
 from aigc_lab.utils.validate import positive
 
 Batch = dict[str, torch.Tensor]  # input_ids [B, T], labels [B, T], attention_mask [B, T] (when padded)
@@ -51,22 +59,12 @@ def mlm_train_flops(system: MLMSystem, batch: Batch) -> int:
     return body + output_flops(masked, cfg.vocab_size, cfg.d_model)
 
 
-def load_mlm(ckpt: dict) -> tuple[MaskedLM, Tokenizer]:
-    """The masked LM of a checkpoint, in eval mode, and its tokenizer."""
-    return load_for_inference(ckpt, SPEC, MLMConfig, MaskedLM, SPECIAL_TOKENS)
-
 
 SPEC = register(SystemSpec(
-    name="mlm",
-    describes="a masked LM (experiment=mlm_*)",
-    data_option="text",
-    net_config=MLMConfig,
-    checkpoint_key="mlm_config",
-    inference="aigc_lab.fill_mask:run",
-    load="aigc_lab.systems.mlm:load_mlm",
-    count_samples=lambda batch: len(batch["input_ids"]),
-    count_tokens=mlm_tokens,
-    train_flops=mlm_train_flops,
+    name="mlm", describes="a masked LM (experiment=mlm_*)", data_option="text",
+    net_config=MLMConfig, checkpoint_key="mlm_config",
+    inference="aigc_lab.fill_mask:run", load="aigc_lab.systems.mlm:MLMSystem.load_for_inference",
+    count_samples=lambda batch: len(batch["input_ids"]), count_tokens=mlm_tokens, train_flops=mlm_train_flops,
 ))
 
 

@@ -38,9 +38,9 @@ from aigc_lab.data.tokenizer import BOS, EOS, PAD, SEQ2SEQ_SPECIAL_TOKENS
 from aigc_lab.errors import ConfigError
 from aigc_lab.models.decoding import search
 from aigc_lab.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
-from aigc_lab.systems.flops import output_flops, param_count, stack_flops
+from aigc_lab.systems.flops import output_flops, stack_flops
 from aigc_lab.systems.spec import SystemSpec, register
-from aigc_lab.systems.token_system import TokenSystem, load_for_inference
+from aigc_lab.systems.token_system import TokenSystem
 from aigc_lab.utils.memory import (
     TRAIN_STATE_BYTES,
     VALUE_BYTES,
@@ -48,6 +48,7 @@ from aigc_lab.utils.memory import (
     Part,
     TransformerShape,
     beam_search_parts,
+    param_count,
     seq2seq_params,
     transformer_parts,
 )
@@ -73,22 +74,12 @@ def seq2seq_train_flops(system: Seq2SeqSystem, batch: Batch) -> int:
     return encoder + decoder + output_flops(tgt_tokens, cfg.vocab_size, cfg.d_model)
 
 
-def load_seq2seq(ckpt: dict) -> tuple[Seq2SeqTransformer, Tokenizer]:
-    """The seq2seq model of a checkpoint, in eval mode, and its tokenizer."""
-    return load_for_inference(ckpt, SPEC, Seq2SeqConfig, Seq2SeqTransformer, SEQ2SEQ_SPECIAL_TOKENS)
-
 
 SPEC = register(SystemSpec(
-    name="seq2seq",
-    describes="a seq2seq model (experiment=seq2seq_*)",
-    data_option="parallel",
-    net_config=Seq2SeqConfig,
-    checkpoint_key="seq2seq_config",
-    inference="aigc_lab.translate:run",
-    load="aigc_lab.systems.seq2seq:load_seq2seq",
-    count_samples=lambda batch: len(batch["src"]),
-    count_tokens=target_tokens,
-    train_flops=seq2seq_train_flops,
+    name="seq2seq", describes="a seq2seq model (experiment=seq2seq_*)", data_option="parallel",
+    net_config=Seq2SeqConfig, checkpoint_key="seq2seq_config",
+    inference="aigc_lab.translate:run", load="aigc_lab.systems.seq2seq:Seq2SeqSystem.load_for_inference",
+    count_samples=lambda batch: len(batch["src"]), count_tokens=target_tokens, train_flops=seq2seq_train_flops,
 ))
 
 

@@ -71,7 +71,10 @@ def _imported(target: str | None) -> Any:
     if target is None:
         return None
     module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
+    found: Any = importlib.import_module(module)
+    for part in name.split("."):  # a function, or a class's method (``MLMSystem.load_for_inference``)
+        found = getattr(found, part)
+    return found
 
 
 def sub_state_dict(state_dict: dict[str, Any], prefix: str) -> dict[str, Any]:

@@ -114,6 +114,16 @@ class TokenSystem(System):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
     # ---------------------------------------------------------------- checkpoints
+    @classmethod
+    def load_for_inference(cls, ckpt: dict[str, Any]) -> tuple[nn.Module, Tokenizer]:
+        """The network of a checkpoint of this system, in eval mode, and its tokenizer (the spec's ``load``)."""
+        key = cls.spec.checkpoint_key
+        if key not in ckpt or not ckpt.get(TOKENIZER_KEY):
+            raise UserError(f"this checkpoint is not {cls.spec.describes}'s (no {key}/{TOKENIZER_KEY})")
+        model = cls.model_class(cls.config_class(**ckpt[key]))
+        model.load_state_dict(sub_state_dict(ckpt["state_dict"], "model."))
+        return model.eval(), tokenizer_from_json(ckpt[TOKENIZER_KEY], cls.special_tokens)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint[self.spec.checkpoint_key] = asdict(self.cfg)  # lets `generate` rebuild the model alone
@@ -132,16 +142,6 @@ class TokenSystem(System):
         if self.model is None:  # load_from_checkpoint outside a trainer: build from the saved config
             self.cfg = self.config_class(**checkpoint[self.spec.checkpoint_key])
             self.model = self.model_class(self.cfg)
-
-
-def load_for_inference(ckpt: dict[str, Any], spec: Any, config_class: type, model_class: type[nn.Module],
-                       special_tokens: tuple[str, ...]) -> tuple[nn.Module, Tokenizer]:
-    """The network of a tokenized system's checkpoint, in eval mode, and its tokenizer."""
-    if spec.checkpoint_key not in ckpt or not ckpt.get(TOKENIZER_KEY):
-        raise UserError(f"this checkpoint is not {spec.describes}'s (no {spec.checkpoint_key}/{TOKENIZER_KEY})")
-    model = model_class(config_class(**ckpt[spec.checkpoint_key]))
-    model.load_state_dict(sub_state_dict(ckpt["state_dict"], "model."))
-    return model.eval(), tokenizer_from_json(ckpt[TOKENIZER_KEY], special_tokens)
 
 
 def saved_vocab_size(tokenizer_path: str | None) -> int | None:

@@ -332,8 +332,9 @@ def layer_output_elements(module: nn.Module, *inputs: torch.Tensor | None) -> in
     return total
 
 
-def param_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+def param_count(*modules: nn.Module) -> int:
+    """The parameters of ``modules``, counted."""
+    return sum(p.numel() for m in modules for p in m.parameters())
 
 
 def per_sample_part(name: str, per_sample: int, batch: int, what: str) -> Part:
