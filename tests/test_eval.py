@@ -25,10 +25,15 @@ def test_eval_reuses_the_saved_config(run_cli, tmp_path):
     assert run_dirs(tmp_path) == [run]  # evaluating made no run dir
 
     out = tmp_path / "last.json"
-    run_cli(f"run_dir={run}", "ckpt=last", "trainer.precision=bf16-mixed", f"out={out}", module="aigc_lab.eval",
+    run_cli(f"run_dir={run}", "ckpt_path=last", "trainer.precision=bf16-mixed", f"out={out}", module="aigc_lab.eval",
             env=ENV)
     result = json.loads(out.read_text())
     assert result["checkpoint"].endswith("last.ckpt") and result["overrides"] == ["trainer.precision=bf16-mixed"]
+
+    alias = tmp_path / "alias.json"  # ckpt= still works, and says it is an alias of the key every command takes
+    proc = run_cli(f"run_dir={run}", "ckpt=last", f"out={alias}", module="aigc_lab.eval", env=ENV)
+    assert "note: ckpt= is an alias of ckpt_path=" in proc.stderr
+    assert json.loads(alias.read_text())["checkpoint"].endswith("last.ckpt")
 
 
 def test_eval_mistakes_are_one_line(run_cli, tmp_path):

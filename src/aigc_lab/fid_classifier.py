@@ -58,7 +58,7 @@ def train_feature_classifier(data_dir: str, export_path: str | Path, precision: 
     device = device_type(accelerator)
     if precision == "auto":
         precision = resolve_precision(device).value
-    handler = _log_file(run_dir)
+    handler, level = _log_file(run_dir), log.level
     try:
         with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device == "cuda" else []):
             torch.manual_seed(seed)
@@ -71,6 +71,7 @@ def train_feature_classifier(data_dir: str, export_path: str | Path, precision: 
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
+            log.setLevel(level)
     if run_dir is not None:
         mark_run(run_dir, "done", f"test accuracy {accuracy:.4f}, saved to {export_path}")
     return accuracy
@@ -84,6 +85,8 @@ def _log_file(run_dir: Path | None) -> logging.Handler | None:
     handler = logging.FileHandler(run_dir / "fid_classifier.log")
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     log.addHandler(handler)
+    if log.getEffectiveLevel() > logging.INFO:  # outside a Hydra job the logger may not pass INFO lines on
+        log.setLevel(logging.INFO)
     return handler
 
 
