@@ -13,12 +13,15 @@ Hydra picks the output dir before any of our code runs, so resuming is a rewrite
   with its own experiment and settings and a longer budget. A command that sets ``hydra.run.dir`` itself
   (a DDP child process, or forking a run into another folder) gets only the checkpoint resolved.
 
-A resume into an existing run dir is checked whole before a byte is written there (``check_launch``): the
-command's config is composed as Hydra will compose it and goes through the checks ``train`` makes (keys,
-types and ranges of every ``_target_`` node, devices and precision on this machine, the datamodule, the
-checkpoint's kind and network against the system, callbacks, the trainer, the data's ``prepare_data``). A
-refused command prints one line, exits with code 1 and leaves the folder byte-identical; a config that does
-not compose is left to Hydra, which stops on it before it writes anything.
+The command line is parsed once here, with the parser ``@hydra.main`` uses (``_parse``), and composed only for
+``ckpt_path=last``, to find the task's runs; the config is then composed once, by Hydra. A resume into an
+existing run dir is checked whole inside the job before a byte is written there (``train.check_resume``: the
+checks ``train`` makes anyway, made first; the run's log file gets their lines only once the command is
+accepted): keys, types and ranges of every ``_target_`` node, devices and precision on this machine, the
+datamodule, the checkpoint's kind and network against the system (its pickle only: the tensors are mapped, and
+Lightning reads them once), callbacks, the trainer, the data's ``prepare_data``. A refused command prints one
+line, exits with code 1 and leaves the folder byte-identical; a config that does not compose is Hydra's to
+report, before it writes anything.
 
 An accepted resume keeps the record of the launch that made the run: ``.hydra/`` and ``config_tree.log``
 stay as the first launch wrote them (the command adds ``hydra.output_subdir=null``, so Hydra writes no
@@ -35,13 +38,9 @@ callback restores the random number generators. Under ``--multirun`` only a chec
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from hydra.errors import HydraException
-from omegaconf import DictConfig
 
 from aigc_lab.errors import UserError
 from aigc_lab.utils.overrides import quote
@@ -50,16 +49,15 @@ KEY = "ckpt_path"
 
 
 def launch_argv(argv: list[str]) -> list[str]:
-    """``prepare_argv``; a resume into an existing run dir is checked first (``check_launch``, a refusal raises
-    UserError) and gets ``hydra.output_subdir=null``, so that Hydra keeps the run's ``.hydra/``. A run dir left
-    ``running`` by a process that is gone is marked ``killed`` before that (``utils/stale_runs.py``)."""
+    """``prepare_argv``; a resume into an existing run dir gets ``hydra.output_subdir=null``, so that Hydra keeps
+    the run's ``.hydra/``. A run dir left ``running`` by a process that is gone is marked ``killed`` first
+    (``utils/stale_runs.py``)."""
     from aigc_lab.utils.stale_runs import mark_if_killed
 
     out, run_dir = _rewrite(argv)
     if run_dir is None:
         return out
     mark_if_killed(run_dir)  # STATUS `running` of a process that is gone: `killed`, before anything else
-    check_launch(out, run_dir)
     if any(_key_of(arg) == "hydra.output_subdir" for arg in out[1:]):
         return out
     return [*out, "hydra.output_subdir=null"]
@@ -95,59 +93,6 @@ def _rewrite(argv: list[str]) -> tuple[list[str], Path | None]:
     repeated = {_key(o) for o in overrides}
     out += [o for o in original_overrides(run_dir) if _key_of(o) not in repeated]
     return [*out, f"hydra.run.dir={quote(run_dir)}"], run_dir
-
-
-def check_launch(argv: list[str], run_dir: Path) -> None:
-    """Raise UserError (one line, and that ``run_dir`` is unchanged) if ``train`` would refuse this command;
-    nothing is written anywhere under ``run_dir``."""
-    from aigc_lab.train import _user_message, check_before_writing
-
-    cfg = compose_launch(argv)
-    if cfg is None:
-        return  # Hydra stops on a config that does not compose before it writes anything, with its own message
-    try:
-        with hydra_runtime(cfg, run_dir) as task:
-            check_before_writing(task)
-    except Exception as err:
-        message = _user_message(err)
-        if message is None:
-            raise  # a bug, not a refusal: the traceback says where
-        raise UserError(f"{message}\n(refused before anything was written: {run_dir} is unchanged)") from None
-
-
-def compose_launch(argv: list[str]) -> DictConfig | None:
-    """The config (with its ``hydra`` node) Hydra's run will compose for this command; None if it does not."""
-    from hydra import compose, initialize_config_dir
-
-    from aigc_lab.utils.paths import conf_dir
-
-    ns, overrides = _parse(argv[1:]) or (None, [])
-    task_overrides = [o.input_line for o in overrides if _composes(_key(o))]
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=conf_dir(), job_name="train"):
-            return compose(config_name=getattr(ns, "config_name", None) or "train", overrides=task_overrides,
-                           return_hydra_config=True)
-    except HydraException:
-        return None
-
-
-@contextmanager
-def hydra_runtime(cfg: DictConfig, run_dir: Path) -> Iterator[DictConfig]:
-    """The task config of ``cfg`` (its ``hydra`` node removed, as Hydra hands it to the task function), with
-    Hydra's runtime set while the block runs: ``${hydra:runtime.output_dir}`` is ``run_dir``."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict, read_write
-
-    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):  # as Hydra's run sets it
-        cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
-    try:
-        task = copy.deepcopy(cfg)
-        with read_write(task), open_dict(task):
-            del task["hydra"]
-        yield task
-    finally:
-        HydraConfig.instance().cfg = None  # Hydra's run sets its own
 
 
 def locate(value: str, overrides: list[str]) -> tuple[Path | None, Path]:

@@ -11,8 +11,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,23 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
-def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fit and test from a composed config; returns (fit metrics, test metrics)."""
+@dataclass
+class Launch:
+    """What a launch builds and checks before it writes anything (``prepare``)."""
+
+    composed: str  # the config as Hydra composed it, ``auto`` unresolved: a resume's .hydra.<n>/config.yaml
+    auto_choices: dict[str, Any]  # the values ``auto`` resolved to on this machine
+    datamodule: Any
+    system: Any
+    trainer: Any
+
+
+def prepare(cfg: DictConfig) -> Launch:
+    """Every check ``train`` makes before it writes a byte, and the objects they build: this machine (devices,
+    precision), keys, types and ranges of every ``_target_`` node, the datamodule and system (their pairing;
+    sizes against the model and this machine's memory), the checkpoint against the system, the callbacks,
+    loggers and trainer, and the data (``prepare_data``: files found, downloads, tokenizers cached). Raises what
+    a refusal is; writes nothing under the run dir."""
     import lightning as L  # imported here so that `--help` and config errors come back fast
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -42,28 +56,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     from aigc_lab.utils.config_check import check_targets
     from aigc_lab.utils.ddp import prepare_ddp_launch
     from aigc_lab.utils.devices import check_trainer_hardware, instantiate_trainer
-    from aigc_lab.utils.final_metrics import log_hparams_with_metrics, scalar_metrics
     from aigc_lab.utils.hardware import resolve_auto
-    from aigc_lab.utils.run_info import (
-        launch_file,
-        launch_number,
-        print_config_tree,
-        save_launch_config,
-        write_provenance,
-    )
 
     logging.getLogger("lightning").handlers.clear()  # its own console handler would print each line twice
-    composed = OmegaConf.to_yaml(cfg)  # as Hydra saves it, `auto` unresolved: a resume's .hydra.<n>/config.yaml
+    composed = OmegaConf.to_yaml(cfg)
     check_trainer_hardware(cfg.trainer)
     auto_choices = resolve_auto(cfg)  # `auto` precision, channels_last, fused: the values fastest on this machine
     check_targets(cfg)
-    ckpt_path = cfg.get("ckpt_path")
-    run_dir = Path(cfg.paths.output_dir)
-    launch = launch_number(run_dir)  # 0 for a new run, n for its n-th resume: the first launch's files stay
-    if cfg.get("print_config", True):
-        print_config_tree(cfg, save_to=run_dir / launch_file("config_tree.log", launch))
-    save_launch_config(run_dir, launch, composed)  # .hydra.<n>/ of a resume (Hydra wrote the first .hydra/)
-    write_provenance(run_dir, cfg, auto_choices)  # command line, git commit/diff, versions, device, auto values
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -73,22 +72,49 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     system = instantiate(cfg.model)
     check_pairing(system, datamodule)
     system.check_sizes(datamodule, cfg.trainer)  # against the model and this machine's memory
-    spec = spec_of(system)
-    if spec is not None:
-        spec.run_prepare(cfg)  # prerequisite stages (the GAN's FID classifier), each in a run dir of its own
+    if cfg.get("ckpt_path") and cfg.get("train", True):
+        check_checkpoint_for(cfg.ckpt_path, system)  # Lightning's own errors: a page of missing keys
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
-    if ckpt_path and cfg.get("train", True):
-        check_checkpoint_for(ckpt_path, system)  # Lightning's own errors: a page of missing keys or a UnicodeError
+    spec = spec_of(system)
     # DDP ranks start as single runs in this job's folder
     prepare_ddp_launch(cfg.trainer, spec is not None and spec.ddp_find_unused_parameters, type(system).__name__)
     trainer = instantiate_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if os.environ.get("LOCAL_RANK", "0") == "0":  # one process per node, as Lightning calls it
+        datamodule.prepare_data()
+    return Launch(composed, auto_choices, datamodule, system, trainer)
+
+
+def train(cfg: DictConfig, launch: Launch | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit and test from a composed config (``launch``: its ``prepare``, when the caller made it first);
+    returns (fit metrics, test metrics)."""
+    from aigc_lab.systems.spec import spec_of
+    from aigc_lab.utils.final_metrics import log_hparams_with_metrics, scalar_metrics
+    from aigc_lab.utils.run_info import (
+        launch_file,
+        launch_number,
+        print_config_tree,
+        save_launch_config,
+        write_provenance,
+    )
+
+    launch = launch or prepare(cfg)
+    datamodule, system, trainer = launch.datamodule, launch.system, launch.trainer
+    run_dir = Path(cfg.paths.output_dir)
+    number = launch_number(run_dir)  # 0 for a new run, n for its n-th resume: the first launch's files stay
+    if cfg.get("print_config", True):
+        print_config_tree(cfg, save_to=run_dir / launch_file("config_tree.log", number))
+    save_launch_config(run_dir, number, launch.composed)  # .hydra.<n>/ of a resume (Hydra wrote the first .hydra/)
+    write_provenance(run_dir, cfg, launch.auto_choices)  # command line, git commit/diff, versions, device, auto values
+    spec = spec_of(system)
+    if spec is not None:
+        spec.run_prepare(cfg)  # prerequisite stages (the GAN's FID classifier), each in a run dir of its own
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams_record(cfg, system))
 
     if cfg.get("train", True):
         # weights_only=False: our checkpoints hold config objects (partials, dataclasses) in their hparams
-        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+        trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
     fit_metrics = dict(trainer.callback_metrics)
 
     test_metrics: dict[str, Any] = {}
@@ -180,10 +206,11 @@ def main(cfg: DictConfig) -> float | None:
     from aigc_lab.utils.stale_runs import mark_killed_beside
 
     run_dir = Path(cfg.paths.output_dir)
+    launch = check_resume(cfg, run_dir) if resumes_into(run_dir) else None
     mark_killed_beside(run_dir)  # runs of this task (jobs of this sweep) left `running` by a process now gone
     mark_run(run_dir, "running")
     try:
-        fit_metrics, test_metrics = train(cfg)
+        fit_metrics, test_metrics = train(cfg, launch)
         value = optimized_value({**fit_metrics, **test_metrics}, cfg.get("optimized_metric"))
     except KeyboardInterrupt:  # Ctrl+C outside the fit loop (data preparation, tokenizer training, testing)
         mark_run(run_dir, "interrupted", "Ctrl+C before or after training: no checkpoint was written")
@@ -215,6 +242,36 @@ def main(cfg: DictConfig) -> float | None:
     return _end_run(run_dir, cfg.get("optimized_metric"), value)
 
 
+def resumes_into(run_dir: Path) -> bool:
+    """Whether this launch continues a run that an earlier launch recorded (resume.py chose its folder), as the
+    process that writes the run's record (a DDP rank started by Lightning writes nothing of it)."""
+    from aigc_lab.utils.run_info import launch_number
+
+    rank_zero = all(os.environ.get(key, "0") == "0" for key in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    return launch_number(run_dir) > 0 and rank_zero and not _in_multirun()  # sweep jobs fail as trials
+
+
+def check_resume(cfg: DictConfig, run_dir: Path) -> Launch:
+    """``prepare`` for a launch into an existing run dir, whose log records reach the run's log file only once the
+    whole command is accepted. A refused command prints one line and exits with code 1 (Ctrl+C: 130), leaving
+    ``run_dir`` byte-identical; a bug keeps its traceback, and the run dir is unchanged too."""
+    from aigc_lab.utils.held_logs import file_logs_held
+
+    try:
+        with file_logs_held():
+            return prepare(cfg)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted (Ctrl+C) while the resumed command was checked: {run_dir} is unchanged",
+              file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:
+        message = _user_message(err)
+        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"\nerror: {message}\n(refused before anything was written: {run_dir} is unchanged)", file=sys.stderr)
+        sys.exit(1)
+
+
 def _end_run(run_dir: Path, name: str | None, value: float | None) -> float | None:
     """Mark a finished run ``done``, or ``failed`` when its optimized metric is NaN/inf: a single run then exits
     with code 1 and one line; a multirun job returns the value, which the sweeper records as a failed trial."""
@@ -242,48 +299,6 @@ def _in_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def check_before_writing(cfg: DictConfig) -> None:
-    """The checks ``train`` makes before it fits, on a composed task config, without writing anything: this
-    machine (devices, precision), keys and types, the datamodule and system (ranges; sizes against the model and
-    this machine's memory), the checkpoint against the system, the callbacks and trainer, the data
-    (``prepare_data``: files found, downloads, tokenizers cached). Raises what ``train`` would;
-    ``resume.check_launch`` runs it before Hydra writes into a run dir."""
-    from hydra.utils import instantiate
-
-    from aigc_lab.checkpoints import check_checkpoint_for
-    from aigc_lab.utils.config_check import check_targets
-    from aigc_lab.utils.devices import check_trainer_hardware, instantiate_trainer
-    from aigc_lab.utils.hardware import resolve_auto
-
-    with _quiet():  # the launch that follows logs (and warns) the same, once
-        check_trainer_hardware(cfg.trainer)
-        resolve_auto(cfg)
-        check_targets(cfg)
-        datamodule = instantiate(cfg.data)
-        system = instantiate(cfg.model)
-        check_pairing(system, datamodule)
-        system.check_sizes(datamodule, cfg.trainer)
-        if cfg.get("ckpt_path") and cfg.get("train", True):
-            check_checkpoint_for(cfg.ckpt_path, system)
-        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
-        instantiate_trainer(cfg.trainer, callbacks=callbacks, logger=False)
-        if os.environ.get("LOCAL_RANK", "0") == "0":  # one process per node, as Lightning calls it
-            datamodule.prepare_data()
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """No log records below ERROR and no Python warnings while the block runs."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)
 
 
 if __name__ == "__main__":

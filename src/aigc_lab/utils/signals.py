@@ -82,7 +82,7 @@ class Stage:
 # names the stage, so the specific rules come first (tokenization inside data preparation, the FID classifier's
 # own training loop inside the GAN's setup).
 RULES = (
-    ("aigc_lab.resume", "check_launch", "the checks of the resumed command"),
+    ("aigc_lab.train", "check_resume", "the checks of the resumed command"),
     ("aigc_lab.data.tokenizer", "load_or_train_tokenizer", "tokenizer training (data preparation)"),
     ("aigc_lab.data", "_token_ids", "tokenization (data preparation)"),
     ("aigc_lab.data.parallel", "encode_texts", "tokenization (data preparation)"),
