@@ -59,10 +59,9 @@ def translate(
     """One translation per sentence, in order (an empty line stays empty). Sources longer than the model's
     ``max_len`` are cut (with a note on stderr); hypotheses have at most ``max_len`` tokens (default: the
     model's), and at most 2 x the source length + 10."""
-    check_search(model, beam_size, max_len, batch_size)
-    out, cut = _translate_block(model, tokenizer, sentences, beam_size, length_penalty, max_len, batch_size)
-    _note_cut(cut, model)
-    return out
+    windows = translate_stream(model, tokenizer, sentences, beam_size, length_penalty, max_len, batch_size,
+                               window=max(1, len(sentences)))  # one window: sorted by length over all of them
+    return [line for block in windows for line in block]
 
 
 def translate_stream(

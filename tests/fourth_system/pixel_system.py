@@ -42,7 +42,6 @@ SPEC = register(SystemSpec(
     net_config=PixelGaussianConfig,
     checkpoint_key="pixel_gaussian_config",
     inference=f"{__name__}:sample",
-    load=f"{__name__}:load",
 ))
 
 

@@ -86,7 +86,7 @@ def load_generator(ckpt: dict, use_ema: bool = True) -> tuple[torch.nn.Module, t
 SPEC = register(SystemSpec(
     name="gan", describes="a GAN (experiment=gan_mnist)", data_option="mnist",
     net_config=GANConfig, checkpoint_key="gan_config",
-    inference="aigc_lab.sample:run", load="aigc_lab.systems.gan:load_generator",
+    inference="aigc_lab.sample:run",
     prepare="aigc_lab.fid_classifier:ensure_fid_classifier",  # the FID classifier, trained when missing
     # Each of a batch's backward passes reaches one network only (the D step: D, the fakes detached; the G
     # step: G, with D frozen), so under DDP the unused half must be found.

@@ -63,7 +63,7 @@ def mlm_train_flops(system: MLMSystem, batch: Batch) -> int:
 SPEC = register(SystemSpec(
     name="mlm", describes="a masked LM (experiment=mlm_*)", data_option="text",
     net_config=MLMConfig, checkpoint_key="mlm_config",
-    inference="aigc_lab.fill_mask:run", load="aigc_lab.systems.mlm:MLMSystem.load_for_inference",
+    inference="aigc_lab.fill_mask:run",
     count_samples=lambda batch: len(batch["input_ids"]), count_tokens=mlm_tokens, train_flops=mlm_train_flops,
 ))
 

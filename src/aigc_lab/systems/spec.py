@@ -29,8 +29,8 @@ class SystemSpec:
     (experiment=gan_mnist)``); ``data_option``: the conf/data option it trains on; ``net_config``: its network's
     config dataclass, saved in checkpoints under ``checkpoint_key`` (None: a system whose checkpoints carry no
     network config); ``inference``: ``module:function`` that ``generate`` calls as ``function(cfg, ckpt, path)``
-    (its options in conf/generate.yaml); ``load``: ``module:function`` that builds the trained network from a
-    checkpoint alone, for inference (``function(ckpt)``); ``prepare``: ``module:function`` of a prerequisite stage
+    (its options in conf/generate.yaml; it loads the network with the system's own loader, e.g.
+    ``TokenSystem.load_for_inference``); ``prepare``: ``module:function`` of a prerequisite stage
     that the launchers (train, eval) run with the composed config before the system's data is read (``function(cfg)``,
     e.g. the GAN's FID classifier); ``ddp_find_unused_parameters``: DDP must search for
     parameters a backward pass does not reach; ``clip_option``: how it clips gradients (for messages);
@@ -43,7 +43,6 @@ class SystemSpec:
     net_config: type | None = None
     checkpoint_key: str | None = None
     inference: str | None = None
-    load: str | None = None
     prepare: str | None = None
     ddp_find_unused_parameters: bool = False
     clip_option: str = "trainer.gradient_clip_val=1.0"
@@ -61,10 +60,6 @@ class SystemSpec:
         stage = _imported(self.prepare)
         if stage is not None:
             stage(cfg)
-
-    def loader(self) -> Callable[[dict[str, Any]], Any] | None:
-        """The ``load`` function, imported (None: the system has none)."""
-        return _imported(self.load)
 
 
 def _imported(target: str | None) -> Any:
