@@ -136,9 +136,9 @@ def main() -> None:
     hook_task_function(launcher.main, "Hydra: plugins, resume check, config composition, run dir, logging")
     train = launcher.train
 
-    def timed_train(cfg: Any) -> Any:
+    def timed_train(cfg: Any, launch: Any = None) -> Any:
         mark("main(): imports (lightning, torch, torchmetrics, ...), STATUS file")
-        return train(cfg)
+        return train(cfg, launch)
 
     launcher.train = timed_train  # main() looks train up at call time
     hydra.utils.instantiate = timed_instantiate(hydra.utils.instantiate)  # train() imports it at call time
