@@ -25,8 +25,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from aigc_lab.errors import UserError
-from aigc_lab.train import _user_message
+from aigc_lab.errors import UserError, exit_with, user_message
 from aigc_lab.utils.paths import conf_dir
 from aigc_lab.utils.signals import stops_on_signals
 from aigc_lab.utils.stale_runs import mark_if_killed
@@ -43,11 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         options, overrides = split_args(args)
         evaluate(options, overrides)
     except Exception as err:
-        message = _eval_message(err)
-        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"\nerror: {message}", file=sys.stderr)
-        sys.exit(1)
+        exit_with(_eval_message(err))
 
 
 def split_args(args: list[str]) -> tuple[DictConfig, list[str]]:
@@ -163,7 +158,7 @@ def _eval_message(err: BaseException) -> str | None:
 
     if isinstance(err, HydraException) and not isinstance(err, InstantiationException):
         return str(err).strip()  # an override the saved config refuses (unknown key, bad syntax)
-    return _user_message(err)
+    return user_message(err)
 
 
 if __name__ == "__main__":

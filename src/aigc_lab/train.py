@@ -18,7 +18,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from aigc_lab.errors import UserError
+from aigc_lab.errors import UserError, exit_with, user_message
 from aigc_lab.utils.paths import conf_dir
 
 log = logging.getLogger("aigc_lab")
@@ -170,35 +170,6 @@ def optimized_value(metrics: dict[str, Any], name: str | None) -> float | None:
     return None
 
 
-def _user_message(err: BaseException) -> str | None:
-    """The one-line message for errors a user can fix, or None for real bugs (full traceback)."""
-    from hydra.errors import InstantiationException
-
-    cause, inner = err, None
-    while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
-        inner, cause = cause, cause.__cause__
-    if isinstance(cause, UserError):
-        return str(cause)
-    if inner is not None:
-        return _instantiation_message(inner, cause)
-    if isinstance(err, InstantiationException):
-        return str(err).strip()
-    if isinstance(err, (ValueError, FileNotFoundError, PermissionError)):
-        return f"{type(err).__name__}: {err}"
-    return None
-
-
-def _instantiation_message(err: BaseException, cause: BaseException) -> str:
-    """Hydra's three lines ("Error in call to target 'T':", "ValueError('...')", "full_key: model.net")
-    as one: "model.net: <the error> (ValueError in T)"."""
-    lines = str(err).strip().splitlines()
-    key = lines[-1].removeprefix("full_key: ") if lines[-1].startswith("full_key: ") else None
-    target = lines[0].removeprefix("Error in call to target ").rstrip(":").strip("'")
-    if key is None or not lines[0].startswith("Error in call to target"):
-        return str(err).strip()  # another shape of message: as Hydra wrote it
-    return f"{key}: {cause} ({type(cause).__name__} in {target})"
-
-
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from aigc_lab.utils.final_metrics import scalar_metrics, write_metrics
@@ -225,18 +196,14 @@ def main(cfg: DictConfig) -> float | None:
             mark_run(run_dir, "interrupted", f"exit code {err.code}; no checkpoint was written on the signal")
         raise
     except Exception as err:
-        message = _user_message(err)
+        message = user_message(err)
         mark_run(run_dir, "failed", message or f"{type(err).__name__}: {err}")
         # in a multirun one failed job must not end the others: log it, return NaN
         if _in_multirun():
             log.error("Job failed (run dir marked failed: %s): %s", run_dir, message or f"{type(err).__name__}: {err}",
                       exc_info=message is None)
             return float("nan")
-        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"\nerror: {message}\n(run dir marked failed: {run_dir}; HYDRA_FULL_ERROR=1 shows the traceback)",
-              file=sys.stderr)
-        sys.exit(1)
+        exit_with(message, f"(run dir marked failed: {run_dir}; HYDRA_FULL_ERROR=1 shows the traceback)")
     # final metrics for the sweep summary; a diverged run (NaN/inf) is not a result
     write_metrics(run_dir, scalar_metrics({**fit_metrics, **test_metrics}))
     return _end_run(run_dir, cfg.get("optimized_metric"), value)
@@ -265,11 +232,7 @@ def check_resume(cfg: DictConfig, run_dir: Path) -> Launch:
               file=sys.stderr)
         sys.exit(130)
     except Exception as err:
-        message = _user_message(err)
-        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"\nerror: {message}\n(refused before anything was written: {run_dir} is unchanged)", file=sys.stderr)
-        sys.exit(1)
+        exit_with(user_message(err), f"(refused before anything was written: {run_dir} is unchanged)")
 
 
 def _end_run(run_dir: Path, name: str | None, value: float | None) -> float | None:

@@ -277,21 +277,14 @@ class ParallelDataModule(TokenizedData, L.LightningDataModule):
         train_file: str | None = None,
         val_file: str | None = None,
         test_file: str | None = None,
-        # the tokenizer options (data/tokenizer.py checks them alike for both data modules)
+        # the options of both token data modules (data/tokenizer.py checks the tokenizer's alike)
         tokenizer_path: str | None = None, vocab_size: int = 8000, min_frequency: int = 2, lowercase: bool = False,
-        max_len: int = 128,
-        max_tokens: int = 4096,
-        eval_max_tokens: int = 8192,
-        sort_chunk: int = 8192,
-        num_workers: int = 0,
-        cache_dir: str = ".cache",
-        synthetic_train_size: int = 20000,
-        synthetic_val_size: int = 500,
-        synthetic_test_size: int = 500,
-        synthetic_min_len: int = 3,
-        synthetic_max_len: int = 10,
-        synthetic_symbols: int = 20,
-        synthetic_seed: int = 0,
+        num_workers: int = 0, cache_dir: str = ".cache",
+        # batching by token budget
+        max_len: int = 128, max_tokens: int = 4096, eval_max_tokens: int = 8192, sort_chunk: int = 8192,
+        # the synthetic reversal task (task: synthetic)
+        synthetic_train_size: int = 20000, synthetic_val_size: int = 500, synthetic_test_size: int = 500,
+        synthetic_min_len: int = 3, synthetic_max_len: int = 10, synthetic_symbols: int = 20, synthetic_seed: int = 0,
     ) -> None:
         """``task: tsv`` reads ``train_file``/``val_file``/``test_file`` (``test_file: null`` tests on the
         validation file); ``task: synthetic`` generates the reversal task (the ``synthetic_*`` keys) instead.

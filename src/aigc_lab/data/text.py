@@ -139,16 +139,12 @@ class TextDataModule(TokenizedData, L.LightningDataModule):
         train_files: str | list[str],
         val_files: str | list[str],
         test_files: str | list[str] | None = None,
-        # the tokenizer options (data/tokenizer.py checks them alike for both data modules)
+        # the options of both token data modules (data/tokenizer.py checks the tokenizer's alike)
         tokenizer_path: str | None = None, vocab_size: int = 8192, min_frequency: int = 2, lowercase: bool = False,
-        block_size: int = 128,
-        line_by_line: bool = False,
-        mask_rate: float = 0.15,
-        batch_size: int = 32,
-        eval_batch_size: int = 64,
-        num_workers: int = 0,
-        cache_dir: str = ".cache",
-        eval_mask_seed: int = 0,
+        num_workers: int = 0, cache_dir: str = ".cache",
+        # sequences and masking
+        block_size: int = 128, line_by_line: bool = False, mask_rate: float = 0.15, eval_mask_seed: int = 0,
+        batch_size: int = 32, eval_batch_size: int = 64,
     ) -> None:
         """``test_files: null`` tests on the validation files. ``eval_mask_seed`` fixes the masks of
         validation and test sequences, so their losses compare across epochs and runs."""

@@ -77,11 +77,7 @@ class ClassifierSystem(System):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         images, labels = batch
-        loss = F.cross_entropy(self.net(random_shift(images, self.hparams.max_shift)), labels)
-        if not self.loss_is_finite(loss, "train/loss"):
-            return None  # model.nonfinite_loss=skip: Lightning takes no optimizer step for this batch
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
+        return self.step_loss(F.cross_entropy(self.net(random_shift(images, self.hparams.max_shift)), labels))
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_acc)

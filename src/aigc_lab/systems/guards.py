@@ -48,6 +48,14 @@ class NonFiniteLossGuard:
 
     nonfinite_steps: int = 0
 
+    def step_loss(self, loss: torch.Tensor, name: str = "train/loss") -> torch.Tensor | None:
+        """A training step's answer to automatic optimization: ``loss``, logged as ``name`` (progress bar too), or
+        None when the policy skips a non-finite loss (Lightning then takes no optimizer step for this batch)."""
+        if not self.loss_is_finite(loss, name):
+            return None
+        self.log(name, loss, prog_bar=True)
+        return loss
+
     def loss_is_finite(self, loss: torch.Tensor, name: str) -> bool:
         """True when ``loss`` is finite on every rank. Otherwise, by policy: skip (count, log, return False;
         the caller then takes no step) or stop (raise NonFiniteLossError)."""

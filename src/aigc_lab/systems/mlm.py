@@ -70,20 +70,17 @@ SPEC = register(SystemSpec(
 
 class MLMSystem(TokenSystem):
     spec = SPEC
-    config_class, model_class, special_tokens = MLMConfig, MaskedLM, SPECIAL_TOKENS
+    model_class, special_tokens = MaskedLM, SPECIAL_TOKENS
     length_key, display_name = "block_size", "the masked LM"
 
     def __init__(
         self,
         net: partial | MLMConfig,
         optimizer: partial,
-        lr: float = 5e-4,
-        schedule: Literal["cosine", "linear", "constant"] = "cosine",
-        warmup_ratio: float = 0.06,
-        min_lr_ratio: float = 0.0,
-        num_examples: int = 3,
+        # the training options both token systems take (TokenSystem.check_options checks them)
+        lr: float = 5e-4, schedule: Literal["cosine", "linear", "constant"] = "cosine", warmup_ratio: float = 0.06,
+        min_lr_ratio: float = 0.0, num_examples: int = 3, nonfinite_loss: Literal["stop", "skip"] = "stop",
         example_top_k: int = 3,
-        nonfinite_loss: Literal["stop", "skip"] = "stop",
     ) -> None:
         """``net``: a partial ``MLMConfig`` completed with the tokenizer's vocabulary size (or a full
         config, then its vocab_size must match the tokenizer). ``lr`` is the peak learning rate, read
@@ -148,19 +145,10 @@ class MLMSystem(TokenSystem):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         loss, _, _ = self.masked_loss(batch)
-        if not self.loss_is_finite(loss, "train/loss"):
-            return None  # model.nonfinite_loss=skip: Lightning takes no optimizer step for this batch
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
+        return self.step_loss(loss)
 
     # ---------------------------------------------------------------- evaluation
-    def on_validation_epoch_start(self) -> None:
-        self._reset_totals()
-
-    def on_test_epoch_start(self) -> None:
-        self._reset_totals()
-
-    def _reset_totals(self) -> None:
+    def reset_totals(self) -> None:
         self._totals = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, masked tokens, correct
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

@@ -85,24 +85,20 @@ SPEC = register(SystemSpec(
 
 class Seq2SeqSystem(TokenSystem):
     spec = SPEC
-    config_class, model_class, special_tokens = Seq2SeqConfig, Seq2SeqTransformer, SEQ2SEQ_SPECIAL_TOKENS
+    model_class, special_tokens = Seq2SeqTransformer, SEQ2SEQ_SPECIAL_TOKENS
     length_key, display_name = "max_len", "the seq2seq model"
 
     def __init__(
         self,
         net: partial | Seq2SeqConfig,
         optimizer: partial,
-        lr: float = 5e-4,
-        schedule: Literal["inverse_sqrt", "cosine", "linear", "constant"] = "inverse_sqrt",
-        warmup_ratio: float = 0.05,
-        min_lr_ratio: float = 0.0,
-        label_smoothing: float = 0.1,
-        beam_size: int = 4,
-        length_penalty: float = 1.0,
-        max_decode_len: int = 128,
-        val_decode_batches: int | None = 4,
-        num_examples: int = 4,
+        # the training options both token systems take (TokenSystem.check_options checks them)
+        lr: float = 5e-4, schedule: Literal["inverse_sqrt", "cosine", "linear", "constant"] = "inverse_sqrt",
+        warmup_ratio: float = 0.05, min_lr_ratio: float = 0.0, num_examples: int = 4,
         nonfinite_loss: Literal["stop", "skip"] = "stop",
+        label_smoothing: float = 0.1,
+        # decoding (validation and test)
+        beam_size: int = 4, length_penalty: float = 1.0, max_decode_len: int = 128, val_decode_batches: int | None = 4,
     ) -> None:
         """``net``: a partial ``Seq2SeqConfig`` completed with the tokenizer's vocabulary size (or a full
         config, then its vocab_size must match the tokenizer). ``lr`` is the peak learning rate, read by the
@@ -192,23 +188,13 @@ class Seq2SeqSystem(TokenSystem):
         return logits.float().view(-1, logits.shape[-1])
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
-        loss = F.cross_entropy(
+        return self.step_loss(F.cross_entropy(
             self.teacher_forced_logits(batch), batch["tgt_out"].view(-1),
             ignore_index=self.pad_id, label_smoothing=self.hparams.label_smoothing,
-        )
-        if not self.loss_is_finite(loss, "train/loss"):
-            return None  # model.nonfinite_loss=skip: Lightning takes no optimizer step for this batch
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
+        ))
 
     # ---------------------------------------------------------------- evaluation
-    def on_validation_epoch_start(self) -> None:
-        self._reset()
-
-    def on_test_epoch_start(self) -> None:
-        self._reset()
-
-    def _reset(self) -> None:
+    def reset_totals(self) -> None:
         self._totals = torch.zeros(2, device=self.device, dtype=torch.float64)  # loss sum, target tokens
         self._outputs = []
 

@@ -3,9 +3,11 @@
 config), the tokenizer travels in checkpoints (``tokenizer_json``) so that inference needs the checkpoint alone,
 AdamW parameter groups with and without weight decay, and a warm-up then decay schedule by optimizer step.
 
-A subclass sets ``config_class``, ``model_class``, ``special_tokens``, ``length_key`` (the datamodule's
-sequence-length hyperparameter, which must fit the model's ``max_len``) and ``display_name`` (``the masked LM``,
-for messages).
+A subclass sets its ``spec`` (whose ``net_config`` is the network's config class), ``model_class``,
+``special_tokens``, ``length_key`` (the datamodule's sequence-length hyperparameter, which must fit the model's
+``max_len``) and ``display_name`` (``the masked LM``, for messages). Both take the same training options
+(``check_options``): ``net``, ``optimizer``, ``lr``, ``schedule``, ``warmup_ratio``, ``min_lr_ratio``,
+``num_examples`` and ``nonfinite_loss``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ TOKENIZER_KEY = "tokenizer_json"  # the tokenizer a checkpoint carries (its JSON
 
 
 class TokenSystem(System):
-    config_class: ClassVar[type]
     model_class: ClassVar[type[nn.Module]]
     special_tokens: ClassVar[tuple[str, ...]]
     length_key: ClassVar[str]
@@ -51,13 +52,13 @@ class TokenSystem(System):
         one_of("model.schedule", schedule, schedules)
         at_least("model.num_examples", num_examples, 0)
         check_policy(nonfinite_loss)
-        if not isinstance(net, self.config_class):  # the fields but the vocabulary, which the tokenizer gives
+        if not isinstance(net, self.spec.net_config):  # the fields but the vocabulary, which the tokenizer gives
             net_config("model.net", net, vocab_size=len(self.special_tokens) + 1)
 
     def init_network(self, net: partial | Any) -> None:
         """``net``: a full network config (the model is built now) or a partial one (built in
         ``configure_model``, from the tokenizer's vocabulary)."""
-        self.cfg = net if isinstance(net, self.config_class) else None
+        self.cfg = net if isinstance(net, self.spec.net_config) else None
         self.model = self.model_class(self.cfg) if self.cfg is not None else None
         self.tokenizer = None
 
@@ -105,6 +106,17 @@ class TokenSystem(System):
         for logger in self.loggers:
             logger.log_hyperparams({"params/total": n_params, "params/trainable": n_params})
 
+    # ---------------------------------------------------------------- evaluation
+    def reset_totals(self) -> None:
+        """Zero what validation and test sum over the whole set (each system's own totals)."""
+        raise NotImplementedError
+
+    def on_validation_epoch_start(self) -> None:
+        self.reset_totals()
+
+    def on_test_epoch_start(self) -> None:
+        self.reset_totals()
+
     # ---------------------------------------------------------------- optimization
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.hparams.optimizer(weight_decay_groups(self))  # curves: lr/decay, lr/no_decay
@@ -120,7 +132,7 @@ class TokenSystem(System):
         key = cls.spec.checkpoint_key
         if key not in ckpt or not ckpt.get(TOKENIZER_KEY):
             raise UserError(f"this checkpoint is not {cls.spec.describes}'s (no {key}/{TOKENIZER_KEY})")
-        model = cls.model_class(cls.config_class(**ckpt[key]))
+        model = cls.model_class(cls.spec.net_config(**ckpt[key]))
         model.load_state_dict(sub_state_dict(ckpt["state_dict"], "model."))
         return model.eval(), tokenizer_from_json(ckpt[TOKENIZER_KEY], cls.special_tokens)
 
@@ -140,7 +152,7 @@ class TokenSystem(System):
         if saved is not None and self.tokenizer is None:
             self.tokenizer = tokenizer_from_json(saved, self.special_tokens)
         if self.model is None:  # load_from_checkpoint outside a trainer: build from the saved config
-            self.cfg = self.config_class(**checkpoint[self.spec.checkpoint_key])
+            self.cfg = self.spec.net_config(**checkpoint[self.spec.checkpoint_key])
             self.model = self.model_class(self.cfg)
 
 
