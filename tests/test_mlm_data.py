@@ -133,6 +133,22 @@ def test_packed_blocks(text_corpus, tmp_path):
     assert len(list((tmp_path / "tokens").glob("*.pt"))) == 3  # one token cache per split
 
 
+def test_prepare_data_works_once_per_data_module(text_corpus, tmp_path, monkeypatch):
+    """The launcher prepares the data before anything is written; Lightning's fit and test call the hook again."""
+    from lightning import LightningDataModule
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    reads = []
+    token_ids = TextDataModule._token_ids
+    monkeypatch.setattr(TextDataModule, "_token_ids", lambda self, *a: reads.append(a[0]) or token_ids(self, *a))
+    dm = _dm(text_corpus, tmp_path)
+    assert is_overridden("prepare_data", dm, LightningDataModule)  # Lightning still sees the hook
+    dm.prepare_data()
+    assert reads == ["train", "val", "test"]
+    dm.prepare_data()
+    assert reads == ["train", "val", "test"]
+
+
 def test_line_by_line(text_corpus, tmp_path):
     dm = _dm(text_corpus, tmp_path, line_by_line=True, block_size=16)
     dm.setup()

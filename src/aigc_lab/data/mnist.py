@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from aigc_lab.data.prepared import prepare_once
 from aigc_lab.errors import ConfigError, DataNotFoundError
 from aigc_lab.utils.validate import at_least, positive
 
@@ -126,6 +127,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.root = Path(data_dir).expanduser() / "mnist"
         self.train_set: InMemoryImages | None = None
 
+    @prepare_once
     def prepare_data(self) -> None:  # runs on one process per node: the place to download
         _, labels = load_mnist(self.root, train=True, download=self.hparams.download)
         load_mnist(self.root, train=False, download=self.hparams.download)

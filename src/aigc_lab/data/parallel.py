@@ -35,6 +35,7 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from aigc_lab.data.prepared import prepare_once
 from aigc_lab.data.tokenizer import (
     BOS,
     EOS,
@@ -324,9 +325,10 @@ class ParallelDataModule(TokenizedData, L.LightningDataModule):
         self._read: dict[str, tuple[list[Pair], Counter, int]] = {}
 
     # ---------------------------------------------------------------- preparing (cached)
+    @prepare_once
     def prepare_data(self) -> None:
         """Train (or find) the BPE tokenizer: one process per node."""
-        if self.hparams.task == "tsv" and not self.datasets:
+        if self.hparams.task == "tsv":
             self._tokenizer_file()
 
     def _tokenizer_file(self) -> Path:

@@ -23,6 +23,7 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
 from aigc_lab.data.masking import MaskingCollator
+from aigc_lab.data.prepared import prepare_once
 from aigc_lab.data.tokenizer import (
     CLS,
     MASK,
@@ -171,10 +172,9 @@ class TextDataModule(TokenizedData, L.LightningDataModule):
         self._texts: dict[str, list[str]] = {}
 
     # ---------------------------------------------------------------- preparing (cached)
+    @prepare_once
     def prepare_data(self) -> None:
         """Train (or find) the tokenizer and tokenize every split into the cache: one process per node."""
-        if self.datasets:  # already set up (e.g. `trainer.test` after `trainer.fit`): all is cached
-            return
         tokenizer = load_tokenizer(self._tokenizer_file())
         for split in ("train", "val", "test"):
             if self.files[split] is not None:
