@@ -16,8 +16,9 @@ and hangs. ``prepare_ddp_launch`` (called by ``train`` before the trainer is bui
 - ``strategy: ddp`` becomes ``ddp_find_unused_parameters_true`` for systems whose spec declares
   ``ddp_find_unused_parameters`` (the GAN: each backward pass reaches one of its two networks).
 
-Processes started by an external launcher (torchrun, SLURM) come with ``LOCAL_RANK`` set: Lightning
-launches nothing then, and nothing here changes.
+Processes started by an external launcher (torchrun, SLURM's srun) come with their ranks in the environment:
+Lightning launches nothing then. They all run the same command into one named folder (``hydra.run.dir``);
+``external_rank_overrides`` makes every rank but zero write no ``.hydra/`` of its own there, as above.
 """
 
 from __future__ import annotations
@@ -87,3 +88,21 @@ def _end_previous_job(env_before: dict[str, str | None]) -> None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def external_rank() -> int:
+    """This process's global rank when torchrun (``RANK``) or srun (``SLURM_PROCID`` of a multi-task step)
+    started it, else 0."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return int(os.environ.get("SLURM_PROCID", "0"))
+    return 0
+
+
+def external_rank_overrides(argv: list[str]) -> list[str]:
+    """The overrides that keep a rank > 0 of an external launcher from writing ``.hydra/`` into the run's folder
+    (rank zero writes it, and everything else, as under Lightning's own launcher)."""
+    if external_rank() == 0 or any(a.startswith("hydra.output_subdir=") for a in argv):
+        return []
+    return ["hydra.output_subdir=null"]
