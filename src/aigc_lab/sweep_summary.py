@@ -4,6 +4,10 @@ A Hydra callback (``hydra.callbacks.sweep_summary``) writes them when a multirun
 left in its folder: ``.hydra/overrides.yaml``, ``STATUS`` and ``metrics.json``. Scanning folders instead
 of collecting return values works with every launcher (in-process, joblib, SLURM) and covers earlier jobs
 of a resumed sweep too. For an interrupted sweep: ``python -m aigc_lab.sweep_summary <sweep dir>``.
+
+A study shared by several workers (``hydra.sweeper.storage`` set) is summarized from the study instead, so any
+worker, on any machine, writes the whole sweep: one row per trial, with the final metrics of the trials whose
+run dir this machine can read and the optimized value of the others.
 """
 
 from __future__ import annotations
@@ -49,11 +53,19 @@ class SweepSummary(Callback):
         self.direction = direction
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        metric = config.get("optimized_metric")
-        written = summarize(sweep_dir, metric, self.direction or direction_of(config))
+        written = summarize_config(config, self.direction)
         if written:
             log.info("Sweep summary: %s", ", ".join(str(p) for p in written))
+
+
+def summarize_config(config: DictConfig, direction: str | None = None) -> list[Path]:
+    """The summary of the sweep ``config`` describes (its multirun config): from its shared study, else from
+    its sweep dir's job folders."""
+    sweep_dir = Path(config.hydra.sweep.dir)
+    metric, storage = config.get("optimized_metric"), OmegaConf.select(config, "hydra.sweeper.storage")
+    study = OmegaConf.select(config, "hydra.sweeper.study_name")
+    jobs = jobs_of_study(storage, study, metric) if storage and study else None
+    return summarize(sweep_dir, metric, direction or direction_of(config), jobs)
 
 
 def direction_of(cfg: DictConfig) -> str:
@@ -67,12 +79,14 @@ def direction_of(cfg: DictConfig) -> str:
     return "minimize"
 
 
-def summarize(sweep_dir: Path, metric: str | None, direction: str) -> list[Path]:
-    """Write the three files; returns their paths (none when the sweep dir holds no job)."""
-    jobs = ranked(collect_jobs(sweep_dir), metric, direction)
+def summarize(sweep_dir: Path, metric: str | None, direction: str, jobs: list[Job] | None = None) -> list[Path]:
+    """Write the three files into ``sweep_dir`` for ``jobs`` (default: its job folders); returns their paths (none
+    when there is no job)."""
+    jobs = ranked(collect_jobs(sweep_dir) if jobs is None else jobs, metric, direction)
     if not jobs:
-        log.warning("No job folders in %s: no sweep summary", sweep_dir)
+        log.warning("No jobs in %s: no sweep summary", sweep_dir)
         return []
+    sweep_dir.mkdir(parents=True, exist_ok=True)
     header, rows = table(jobs, metric)
     write_csv(sweep_dir / "summary.csv", header, rows)
     write_markdown(sweep_dir / "summary.md", header, rows, metric, direction)
@@ -101,6 +115,36 @@ def read_job(folder: Path) -> Job:
     detail = " ".join(line.strip() for line in lines[1:] if line.strip())
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     return Job(folder.name, overrides, status, detail, {k: float(v) for k, v in metrics.items()})
+
+
+STATES = {"COMPLETE": "done", "FAIL": "failed", "RUNNING": "running", "WAITING": "queued", "PRUNED": "pruned"}
+
+
+def jobs_of_study(storage: str, study_name: str, metric: str | None) -> list[Job]:
+    """One job per trial of a shared study (its number as the job's name); trials never launched are left out."""
+    import optuna
+
+    from hydra_plugins.aigc_lab_sweeper._storage import open_storage
+    from hydra_plugins.aigc_lab_sweeper.sweeper import NOT_RUN
+
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage, None, None, None))
+    jobs = []
+    for trial in study.get_trials(deepcopy=False):
+        if NOT_RUN in trial.user_attrs:
+            continue
+        folder = Path(trial.user_attrs.get("run_dir", "")) if trial.user_attrs.get("run_dir") else None
+        local = folder is not None and (folder / ".hydra" / "overrides.yaml").exists()
+        job = read_job(folder) if local else Job(str(trial.number), list(trial.user_attrs.get("overrides", [])),
+                                                 STATES.get(trial.state.name, trial.state.name.lower()))
+        job.name = str(trial.number)
+        if trial.user_attrs.get("requeued_from") is not None:
+            job.detail = f"re-run of trial {trial.user_attrs['requeued_from']} {job.detail}".strip()
+        if trial.state.name == "FAIL" and not job.detail:
+            job.detail = str(trial.user_attrs.get("error", ""))
+        if metric and trial.value is not None and metric not in job.metrics:
+            job.metrics[metric] = float(trial.value)
+        jobs.append(job)
+    return jobs
 
 
 def value_of(job: Job, metric: str | None) -> float:
@@ -170,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("usage: python -m aigc_lab.sweep_summary <sweep dir>")
     sweep_dir = Path(args[0])
     cfg = OmegaConf.load(sweep_dir / "multirun.yaml")
-    for path in summarize(sweep_dir, cfg.get("optimized_metric"), direction_of(cfg)):
+    cfg.hydra.sweep.dir = str(sweep_dir)  # where it is now
+    for path in summarize_config(cfg):
         print(path)
 
 

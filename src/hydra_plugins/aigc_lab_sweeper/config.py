@@ -18,7 +18,11 @@ class AigcOptunaSweeperConf:
     # any optuna sampler by _target_; the seed makes a sweep repeatable
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": None})
     study_name: str = "sweep"
-    storage: Any = None  # null: sqlite:///<sweep dir>/optuna.db, so rerunning into the same sweep dir resumes
+    # null: sqlite:///<sweep dir>/optuna.db (one worker; rerunning into the same sweep dir resumes). Shared by many
+    # workers: a database URL (postgresql://user:password@host/db) or journal:<file> (one host); _storage.py
+    storage: Any = None
+    heartbeat_interval: int = 30  # seconds between a running trial's heartbeats (database storages)
+    grace_period: Any = None  # seconds without a heartbeat after which a trial is dead and runs again (null: 2 x)
     # search space, key: sweep expression as on the command line (interval, tag(log, ...), choice, range)
     params: Any = None
 
