@@ -4,6 +4,7 @@ Each checks that one run dir is written, by rank zero, and that both ranks end w
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -18,7 +19,7 @@ from test_ddp import only_rank_zero_wrote
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent))
 TWO_NODES = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2",
-             "hydra.run.dir=outputs/two_nodes", "+callbacks.weights._target_=weights_digest.WeightsDigest")
+             "hydra.run.dir=outputs/two_nodes", "+callbacks.report._target_=rank_report.RankReport")
 
 
 def free_port() -> int:
@@ -30,15 +31,15 @@ def free_port() -> int:
 @pytest.fixture
 def run_nodes(data_dir, cache_dir, tmp_path):
     """Start one command per node (``commands[i]``, environment ``envs[i]``) at once in tmp_path; wait for all."""
-    digests = tmp_path / "digests"
-    digests.mkdir()
+    reports = tmp_path / "reports"
+    reports.mkdir()
     tests_dir = str(Path(__file__).parent)
 
     def run(commands: list[list[str]], envs: list[dict[str, str]]) -> dict[int, tuple[int, str]]:
-        for old in digests.iterdir():
+        for old in reports.iterdir():
             old.unlink()
         base = {**os.environ, **ENV, "AIGC_DATA_DIR": str(data_dir), "AIGC_CACHE_DIR": str(cache_dir),
-                "PROJECT_ROOT": str(tmp_path), "WEIGHTS_DIGEST_DIR": str(digests),
+                "PROJECT_ROOT": str(tmp_path), "RANK_REPORT_DIR": str(reports),
                 "PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}
         procs = [subprocess.Popen(cmd, cwd=tmp_path, env={**base, **env}, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True) for cmd, env in zip(commands, envs)]
@@ -46,9 +47,9 @@ def run_nodes(data_dir, cache_dir, tmp_path):
         for proc, out in zip(procs, outputs):
             assert proc.returncode == 0, out[-4000:]
         found = {}
-        for path in digests.glob("rank*.txt"):
-            step, digest = path.read_text().split()
-            found[int(path.stem.removeprefix("rank"))] = (int(step), digest)
+        for path in reports.glob("rank*.json"):
+            report = json.loads(path.read_text())
+            found[int(path.stem.removeprefix("rank"))] = (report["step"], report["digest"])
         return found
 
     return run
@@ -74,7 +75,7 @@ def test_torchrun_two_nodes_train_one_run_and_resume_it(run_nodes, tmp_path):
 
     port = free_port()  # resume on 2 nodes: one more epoch of 2 steps, from the run dir alone
     resume = ("ckpt_path=outputs/two_nodes", "trainer.max_epochs=2",
-              "+callbacks.weights._target_=weights_digest.WeightsDigest")
+              "+callbacks.report._target_=rank_report.RankReport")
     ranks = run_nodes([torchrun(*resume)] * 2, [{}, {}])
     assert ranks[0] == ranks[1] and ranks[0][0] == 4
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4

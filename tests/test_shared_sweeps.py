@@ -130,3 +130,23 @@ def test_an_unreachable_storage_is_one_line_without_the_password(start_worker, t
     assert proc.returncode == 1 and "Traceback" not in out and "s3cret" not in out
     assert "cannot open the Optuna storage postgresql://me:***@localhost:1/db" in out
     assert not sweep.exists()  # nothing written
+
+
+def test_a_ddp_trial_runs_the_sampled_values_on_every_rank(start_worker, tmp_path):
+    """The sweeper samples once, in the sweep process; both DDP ranks of the trial train with its values."""
+    import json
+
+    sweep, reports = tmp_path / "sweep", tmp_path / "reports"
+    reports.mkdir()
+    ddp = ("trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "data.max_tokens=512",
+           "data.eval_max_tokens=256")  # several batches a split: at least one a rank
+    proc = start_worker(f"hydra.sweep.dir={sweep}", "hydra.sweeper.n_trials=1", *ddp,
+                        "+callbacks.report._target_=rank_report.RankReport", env={"RANK_REPORT_DIR": str(reports)})
+    finish(proc)
+    import optuna
+
+    (trial,) = optuna.load_study(study_name="shared", storage=f"sqlite:///{sweep / 'optuna.db'}").trials
+    ranks = [json.loads((reports / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for key in ("lr", "warmup_ratio", "label_smoothing"):
+        assert ranks[0]["hparams"][key] == ranks[1]["hparams"][key] == pytest.approx(trial.params[f"model.{key}"])
+    assert ranks[0]["digest"] == ranks[1]["digest"]  # and end with the same weights
