@@ -47,9 +47,9 @@ def run_nodes(data_dir, cache_dir, tmp_path):
         for proc, out in zip(procs, outputs):
             assert proc.returncode == 0, out[-4000:]
         found = {}
-        for path in reports.glob("rank*.json"):
+        for path in reports.glob("*.json"):
             report = json.loads(path.read_text())
-            found[int(path.stem.removeprefix("rank"))] = (report["step"], report["digest"])
+            found[report["rank"]] = (report["step"], report["digest"])
         return found
 
     return run

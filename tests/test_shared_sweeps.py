@@ -146,7 +146,31 @@ def test_a_ddp_trial_runs_the_sampled_values_on_every_rank(start_worker, tmp_pat
     import optuna
 
     (trial,) = optuna.load_study(study_name="shared", storage=f"sqlite:///{sweep / 'optuna.db'}").trials
-    ranks = [json.loads((reports / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = sorted((json.loads(p.read_text()) for p in reports.glob("*.json")), key=lambda r: r["rank"])
+    assert [r["rank"] for r in ranks] == [0, 1]
     for key in ("lr", "warmup_ratio", "label_smoothing"):
         assert ranks[0]["hparams"][key] == ranks[1]["hparams"][key] == pytest.approx(trial.params[f"model.{key}"])
     assert ranks[0]["digest"] == ranks[1]["digest"]  # and end with the same weights
+
+
+def test_the_devices_launcher_runs_one_job_per_device_at_a_time(start_worker, tmp_path):
+    """hydra/launcher=devices: 3 jobs at once over 2 devices, each in its own process with CUDA_VISIBLE_DEVICES set to the
+    device it holds; two jobs that overlap in time never share one."""
+    import json
+
+    sweep, reports = tmp_path / "sweep", tmp_path / "reports"
+    reports.mkdir()
+    finish(start_worker(f"hydra.sweep.dir={sweep}", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=3",
+                        "hydra/launcher=devices", "hydra.launcher.devices=[0,1]", "trainer.accelerator=cpu",
+                        "+callbacks.report._target_=rank_report.RankReport", env={"RANK_REPORT_DIR": str(reports)}))
+    jobs = [json.loads(p.read_text()) for p in reports.glob("*.json")]
+    assert len(jobs) == 3 and {j["cuda_visible_devices"] for j in jobs} == {"0", "1"}
+    for a in jobs:
+        for b in jobs:
+            if a is not b and a["started"] < b["ended"] and b["started"] < a["ended"]:
+                assert a["cuda_visible_devices"] != b["cuda_visible_devices"]
+    import optuna
+
+    trials = optuna.load_study(study_name="shared", storage=f"sqlite:///{sweep / 'optuna.db'}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3  # each job's value came back from its run dir
+    assert sorted(p.name for p in sweep.iterdir() if (p / ".hydra").is_dir()) == ["0", "1", "2"]

@@ -64,18 +64,22 @@ def hydra_job_command(local_rank: int) -> tuple[list[str], str]:
     """(command, cwd) that starts rank ``local_rank`` of the current Hydra job as a single run in its folder."""
     from hydra.core.hydra_config import HydraConfig
 
+    hydra = HydraConfig.get()
+    command = single_run_command(hydra.overrides.task, hydra.overrides.hydra, hydra.runtime.output_dir)
+    command += ["hydra.output_subdir=null",  # rank zero writes .hydra/
+                f"hydra.job.name=train_ddp_process_{local_rank}"]
+    return command, hydra.runtime.cwd
+
+
+def single_run_command(task_overrides: list[str], hydra_overrides: list[str], run_dir: str) -> list[str]:
+    """``python -m aigc_lab`` with a sweep job's overrides, as a single run in ``run_dir`` (the job's folder): the
+    hydra overrides of the sweep, the launcher and the folders are left out."""
     from aigc_lab.utils.overrides import quote
 
-    hydra = HydraConfig.get()
-    kept = [o for o in hydra.overrides.hydra if not o.lstrip("~+").startswith(_SWEEP_KEYS)]
-    command = [
-        sys.executable, "-m", "aigc_lab", *hydra.overrides.task, *kept,
-        "hydra.mode=RUN",  # also when a config (hparams_search=...) sets MULTIRUN: one run per rank, no sweep
-        f"hydra.run.dir={quote(hydra.runtime.output_dir)}",
-        "hydra.output_subdir=null",  # rank zero writes .hydra/
-        f"hydra.job.name=train_ddp_process_{local_rank}",
-    ]
-    return command, hydra.runtime.cwd
+    kept = [o for o in hydra_overrides if not o.lstrip("~+").startswith(_SWEEP_KEYS)]
+    return [sys.executable, "-m", "aigc_lab", *task_overrides, *kept,
+            "hydra.mode=RUN",  # also when a config (hparams_search=...) sets MULTIRUN: one run, no sweep
+            f"hydra.run.dir={quote(run_dir)}"]
 
 
 def _end_previous_job(env_before: dict[str, str | None]) -> None:

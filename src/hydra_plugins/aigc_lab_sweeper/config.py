@@ -1,4 +1,5 @@
-"""The sweeper's structured config, registered as ``hydra/sweeper: aigc_optuna``."""
+"""The structured configs of the sweeper (``hydra/sweeper: aigc_optuna``) and the launcher (``hydra/launcher:
+devices``)."""
 
 # no `from __future__ import annotations`: Hydra's plugin scanner runs this module before it is in
 # sys.modules, and dataclasses must then see real annotations, not strings
@@ -27,4 +28,12 @@ class AigcOptunaSweeperConf:
     params: Any = None
 
 
+@dataclass
+class DevicesLauncherConf:
+    _target_: str = "hydra_plugins.aigc_lab_sweeper.launcher.DevicesLauncher"
+    devices: Any = "auto"  # device ids to share out, one job each at a time (auto: every GPU seen)
+    cpu_jobs: int = 2  # jobs at once on a machine without a GPU (devices: auto)
+
+
 ConfigStore.instance().store(group="hydra/sweeper", name="aigc_optuna", node=AigcOptunaSweeperConf, provider="aigc_lab")
+ConfigStore.instance().store(group="hydra/launcher", name="devices", node=DevicesLauncherConf, provider="aigc_lab")
