@@ -12,7 +12,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -44,9 +45,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Server:
+    """A running server: its ``url``; ``stop()`` and ``start()`` it again on the same data and port."""
+
+    url: str
+    stop: Callable[[], None]
+    start: Callable[[], None]
+
+
 @contextlib.contextmanager
-def server() -> Iterator[str]:
-    """A running server's URL (``postgresql://postgres@localhost:<port>/postgres``)."""
+def server() -> Iterator[Server]:
+    """A server at ``postgresql://postgres@localhost:<port>/postgres``, deleted afterwards."""
     bin_dir = binaries()
     assert bin_dir is not None
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
@@ -58,12 +68,17 @@ def server() -> Iterator[str]:
     def run(*args: str) -> None:
         subprocess.run([*as_user, *args], check=True, capture_output=True, text=True, timeout=120)
 
+    def start() -> None:
+        options = f"-p {port} -k {folder} -c listen_addresses=localhost -c fsync=off -c max_connections=50"
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "server.log"), "-w", "start")
+
+    def stop() -> None:
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+
     try:
         run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
-        options = f"-p {port} -k {folder} -c listen_addresses=localhost -c fsync=off -c max_connections=50"
-        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "server.log"), "-w",
-            "start")
-        yield f"postgresql://postgres@localhost:{port}/postgres"
+        start()
+        yield Server(f"postgresql://postgres@localhost:{port}/postgres", stop, start)
     finally:
         if (data / "postmaster.pid").exists():
             subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],

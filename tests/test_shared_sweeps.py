@@ -25,8 +25,8 @@ def postgres_url():
     reason = postgres.missing()
     if reason:
         pytest.skip(reason)
-    with postgres.server() as url:
-        yield url
+    with postgres.server() as server:
+        yield server.url
 
 
 @pytest.fixture
@@ -154,8 +154,8 @@ def test_a_ddp_trial_runs_the_sampled_values_on_every_rank(start_worker, tmp_pat
 
 
 def test_the_devices_launcher_runs_one_job_per_device_at_a_time(start_worker, tmp_path):
-    """hydra/launcher=devices: 3 jobs at once over 2 devices, each in its own process with CUDA_VISIBLE_DEVICES set to the
-    device it holds; two jobs that overlap in time never share one."""
+    """hydra/launcher=devices: 3 jobs at once over 2 devices, each in its own process with CUDA_VISIBLE_DEVICES set
+    to the device it holds; two jobs that overlap in time never share one."""
     import json
 
     sweep, reports = tmp_path / "sweep", tmp_path / "reports"
@@ -174,3 +174,37 @@ def test_the_devices_launcher_runs_one_job_per_device_at_a_time(start_worker, tm
     trials = optuna.load_study(study_name="shared", storage=f"sqlite:///{sweep / 'optuna.db'}").trials
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3  # each job's value came back from its run dir
     assert sorted(p.name for p in sweep.iterdir() if (p / ".hydra").is_dir()) == ["0", "1", "2"]
+
+
+def test_a_storage_lost_mid_sweep_is_one_line_and_keeps_the_finished_trials(start_worker, tmp_path):
+    reason = postgres.missing()
+    if reason:
+        pytest.skip(reason)
+    import optuna
+
+    with postgres.server() as server:
+        url = server.url.replace("postgres@", "postgres:pw@")  # trust authentication: any password passes
+        args = (f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.sweeper.storage={url}", "hydra.sweeper.n_trials=3",
+                "+callbacks.mark._target_=mark_training.MarkTraining")
+        worker = start_worker(*args, env={"MARK_AT_STEP": "1", "MARK_FILE": str(tmp_path / "mark"),
+                                          "SLOW_STEP_S": "2"})
+        deadline = time.monotonic() + 180
+        while not any(t.state.name == "COMPLETE" for t in _trials(server.url)):
+            assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[0][-3000:]
+            time.sleep(0.3)
+        server.stop()  # while the second trial trains
+        out = worker.communicate(timeout=180)[0]
+        assert worker.returncode == 1 and "Traceback" not in out and ":pw@" not in out, out[-3000:]
+        assert "lost the Optuna storage postgresql://postgres:***@localhost" in out
+        server.start()
+        trials = optuna.load_study(study_name="shared", storage=server.url).trials
+        assert trials[0].state.name == "COMPLETE" and trials[0].value is not None  # kept
+
+
+def _trials(url: str) -> list:
+    import optuna
+
+    try:
+        return optuna.load_study(study_name="shared", storage=url).trials
+    except KeyError:  # the worker has not created the study yet
+        return []

@@ -15,6 +15,7 @@ storage has no heartbeat: a dead worker's trial stays RUNNING there.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +27,8 @@ from hydra_plugins.aigc_lab_sweeper.sweeper import SweepError
 if TYPE_CHECKING:
     import optuna
     from optuna.storages import BaseStorage
+
+log = logging.getLogger(__name__)
 
 JOURNAL = "journal:"
 DRIVERS = {"postgresql": "'psycopg[binary]'", "mysql": "PyMySQL"}  # the packages SQLAlchemy's default dialects need
@@ -84,6 +87,14 @@ def open_storage(url: str, heartbeat_interval: int | None, grace_period: int | N
                          f"{type(err).__name__}: {reason}") from None
 
 
+def is_storage_error(err: BaseException) -> bool:
+    """An error of the storage itself (a database gone, a connection lost), not of the sweep."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError  # optuna's own dependency
+
+    return isinstance(err, (optuna.exceptions.StorageInternalError, SQLAlchemyError))
+
+
 def fail_stale_trials(study: optuna.Study) -> None:
     """Fail the trials whose heartbeat stopped (their worker died), which queues them again (``on_stale``)."""
     import optuna
@@ -111,7 +122,11 @@ def heartbeats(storage: BaseStorage, study: optuna.Study, trials: Sequence[optun
 
     def beat_until_stopped() -> None:
         while not stop.wait(interval):
-            beat()
+            try:
+                beat()
+            except Exception as err:  # the storage is gone: the sweep says so when it next uses it
+                log.warning("Heartbeat not recorded (%s): the storage is unreachable", type(err).__name__)
+                return
 
     beat()  # before the trials start: a worker killed at once leaves them stale too
     thread = threading.Thread(target=beat_until_stopped, name="optuna-heartbeat", daemon=True)

@@ -69,7 +69,13 @@ class AigcOptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
-        from hydra_plugins.aigc_lab_sweeper._storage import fail_stale_trials, is_shared, shown, storage_url
+        from hydra_plugins.aigc_lab_sweeper._storage import (
+            fail_stale_trials,
+            is_shared,
+            is_storage_error,
+            shown,
+            storage_url,
+        )
 
         assert self.config is not None and self.hydra_context is not None
         space = self._search_space(arguments)  # before anything is written: a refused sweep leaves nothing
@@ -86,13 +92,19 @@ class AigcOptunaSweeper(Sweeper):
             requeue_interrupted(study)
         log.info("Study %r in %s: %d trials done, %d in all to run, %d per batch", study.study_name, shown(url),
                  len(counted_trials(study)), self.n_trials, self.n_jobs)
-        returns = []
-        while (size := min(self.n_jobs, self._open_slots(study))) > 0:
-            results = self._run_batch(study, space, size)
-            if not results:  # other workers took the last slots
-                break
-            returns.append(results)
-        log_best(study)
+        returns: list[Sequence[JobReturn]] = []
+        try:
+            while (size := min(self.n_jobs, self._open_slots(study))) > 0:
+                results = self._run_batch(study, space, size)
+                if not results:  # other workers took the last slots
+                    break
+                returns.append(results)
+            log_best(study)
+        except Exception as err:
+            if not is_storage_error(err):
+                raise
+            raise SweepError(f"lost the Optuna storage {shown(url)} (hydra.sweeper.storage) after {len(returns)} "
+                             f"batch(es): {type(err).__name__}; the trials it holds are kept, rerun to go on") from None
         return returns
 
     def _search_space(self, arguments: list[str]) -> SearchSpace:
