@@ -35,3 +35,12 @@ def test_trainer_presets_compose(tmp_path, trainer):
 
 def test_at_least_the_documented_experiments():
     assert {"gan_mnist", "mnist_classifier"} <= set(EXPERIMENTS)
+
+
+def test_the_classifier_experiment_keeps_the_fid_network_unless_told(tmp_path):
+    """A run of experiment=mnist_classifier (a debug run, a sweep trial) must not replace the cached FID feature
+    network that every GAN run measures with."""
+    cfg = _compose(tmp_path, "experiment=mnist_classifier")
+    assert cfg.model.export_path is None
+    gan = _compose(tmp_path, "experiment=gan_mnist")
+    assert gan.model.classifier_path.endswith("mnist_classifier.pt")

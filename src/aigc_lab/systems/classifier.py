@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -95,6 +96,9 @@ class ClassifierSystem(System):
     def on_test_epoch_end(self) -> None:
         path = self.hparams.export_path
         if path and self.trainer.is_global_zero:
+            if Path(path).expanduser().exists():
+                log.warning("Replacing the classifier at %s: FIDs measured with the old one are not comparable "
+                            "with those measured with this one", path)
             save_classifier(self.net, path, float(self.test_acc.compute()))
 
     def configure_optimizers(self):
