@@ -63,7 +63,7 @@ def storage_url(given: str | None):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--storage", help="a PostgreSQL URL (default: start a throw-away server)")
-    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     times: dict[int, list[float]] = {1: [], 2: []}
