@@ -1,4 +1,4 @@
-"""``python -m <module> args...`` many times for the price of one start-up, for tests/test_bad_input.py.
+"""``python -m <module> args...`` many times for the price of one start-up, for the CLI tests (``run_cli``).
 
 Importing Lightning takes 5-8 s of a busy 2-core machine, longer than most bad inputs take to be refused.
 So each run is a process forked from a multiprocessing forkserver that imported Lightning and the
@@ -41,4 +41,9 @@ def _main(module: str, args: list[str], env: dict[str, str], cwd: str, out: str,
     for fd, path in ((1, out), (2, err)):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
     sys.argv = [module, *args]
+    sys.orig_argv = [sys.executable, "-m", module, *args]  # the command as typed (provenance records it)
+    if "OMP_NUM_THREADS" in env:  # the server's torch read its own environment when it was imported
+        import torch
+
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
     runpy.run_module(module, run_name="__main__", alter_sys=True)

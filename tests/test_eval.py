@@ -39,11 +39,8 @@ def test_eval_reuses_the_saved_config(run_cli, tmp_path):
     assert proc.returncode == 1 and "data.nope" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_eval_mistakes_are_one_line(tmp_path, capsys):
-    from aigc_lab.eval import main
-
-    for args, message in (([f"run_dir={tmp_path / 'nope'}"], "no saved config"), ([], "give the run to evaluate")):
-        with pytest.raises(SystemExit) as exit_:
-            main(args)
-        err = capsys.readouterr().err
-        assert exit_.value.code == 1 and message in err and "Traceback" not in err
+def test_eval_mistakes_are_one_line(run_cli, tmp_path):
+    proc = run_cli(f"run_dir={tmp_path / 'nope'}", module="aigc_lab.eval", check=False)
+    assert proc.returncode == 1 and "no saved config" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli(module="aigc_lab.eval", check=False)
+    assert proc.returncode == 1 and "give the run to evaluate" in proc.stderr
