@@ -40,6 +40,9 @@ def _main(module: str, args: list[str], env: dict[str, str], cwd: str, out: str,
     os.environ.update(env)
     for fd, path in ((1, out), (2, err)):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    for entry in reversed(env.get("PYTHONPATH", "").split(os.pathsep)):  # as a new interpreter would read it
+        if entry and entry not in sys.path:
+            sys.path.insert(0, entry)
     sys.argv = [module, *args]
     sys.orig_argv = [sys.executable, "-m", module, *args]  # the command as typed (provenance records it)
     if "OMP_NUM_THREADS" in env:  # the server's torch read its own environment when it was imported

@@ -109,9 +109,11 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def run_cli(data_dir, cache_dir, tmp_path):
     """Run ``python -m <module> overrides...`` in a process of its own, as a user would, in tmp_path: a fork of a
-    server that imported Lightning once (tests/cli_fork.py), the same code path for a fraction of the start-up."""
+    server that imported Lightning once (tests/cli_fork.py), the same code path for a fraction of the start-up
+    (``fork=False``: a new interpreter)."""
 
-    def run(*overrides: str, module: str = "aigc_lab", env: dict | None = None, check: bool = True):
+    def run(*overrides: str, module: str = "aigc_lab", env: dict | None = None, check: bool = True,
+            fork: bool = True):
         full_env = {
             **os.environ,
             "AIGC_DATA_DIR": str(data_dir),
@@ -119,7 +121,11 @@ def run_cli(data_dir, cache_dir, tmp_path):
             "PROJECT_ROOT": str(tmp_path),
             **(env or {}),
         }
-        proc = cli_fork.run(module, list(overrides), full_env, tmp_path, timeout=600)
+        if fork:
+            proc = cli_fork.run(module, list(overrides), full_env, tmp_path, timeout=600)
+        else:  # a new interpreter, for what a fork of the server cannot host (joblib's loky workers hang there)
+            proc = subprocess.run([sys.executable, "-m", module, *overrides], cwd=tmp_path, env=full_env,
+                                  capture_output=True, text=True, timeout=600)
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}"

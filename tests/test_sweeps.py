@@ -55,7 +55,7 @@ def test_grid_multirun_writes_a_summary(run_cli, tmp_path):
     """Two jobs side by side with the joblib launcher (parallel local trials), then one summary."""
     sweep = tmp_path / "grid"
     run_cli("-m", *FAST, "model.lr=1e-3,2e-3", f"hydra.sweep.dir={sweep}", "hydra/launcher=joblib",
-            "hydra.launcher.n_jobs=2", env=ENV)
+            "hydra.launcher.n_jobs=2", env=ENV, fork=False)
     assert job_dirs(sweep) == ["0", "1"]
     for job in ("0", "1"):
         assert "hydra_joblib_launcher" in (sweep / job / ".hydra" / "hydra.yaml").read_text()
