@@ -87,6 +87,7 @@ SPEC = register(SystemSpec(
     name="gan", describes="a GAN (experiment=gan_mnist)", data_option="mnist",
     net_config=GANConfig, checkpoint_key="gan_config",
     inference="aigc_lab.sample:run",
+    export={"torch_export": "aigc_lab.gan_export:export_program"},  # the generator, for use outside aigc_lab
     prepare="aigc_lab.fid_classifier:ensure_fid_classifier",  # the FID classifier, trained when missing
     # Each of a batch's backward passes reaches one network only (the D step: D, the fakes detached; the G
     # step: G, with D frozen), so under DDP the unused half must be found.

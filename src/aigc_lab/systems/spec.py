@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import lightning as L
@@ -30,12 +30,14 @@ class SystemSpec:
     config dataclass, saved in checkpoints under ``checkpoint_key`` (None: a system whose checkpoints carry no
     network config); ``inference``: ``module:function`` that ``generate`` calls as ``function(cfg, ckpt, path)``
     (its options in conf/generate.yaml; it loads the network with the system's own loader, e.g.
-    ``TokenSystem.load_for_inference``); ``prepare``: ``module:function`` of a prerequisite stage
-    that the launchers (train, eval) run with the composed config before the system's data is read (``function(cfg)``,
-    e.g. the GAN's FID classifier); ``ddp_find_unused_parameters``: DDP must search for
-    parameters a backward pass does not reach; ``clip_option``: how it clips gradients (for messages);
-    ``count_samples``/``count_tokens``: a batch's samples and tokens (None: no tokens); ``train_flops``: a batch's
-    training FLOPs (None: not counted), ``flops_vary``: False when every batch has the same FLOPs (counted once)."""
+    ``TokenSystem.load_for_inference``); ``export``: format -> ``module:function`` that ``python -m
+    aigc_lab.export`` calls as ``function(cfg, ckpt, out)`` (its options in conf/export.yaml); ``prepare``:
+    ``module:function`` of a prerequisite stage that the launchers (train, eval) run with the composed config before
+    the system's data is read (``function(cfg)``, e.g. the GAN's FID classifier); ``ddp_find_unused_parameters``:
+    DDP must search for parameters a backward pass does not reach; ``clip_option``: how it clips gradients (for
+    messages); ``count_samples``/``count_tokens``: a batch's samples and tokens (None: no tokens); ``train_flops``:
+    a batch's training FLOPs (None: not counted), ``flops_vary``: False when every batch has the same FLOPs (counted
+    once)."""
 
     name: str
     describes: str
@@ -43,6 +45,7 @@ class SystemSpec:
     net_config: type | None = None
     checkpoint_key: str | None = None
     inference: str | None = None
+    export: Mapping[str, str] = field(default_factory=dict)
     prepare: str | None = None
     ddp_find_unused_parameters: bool = False
     clip_option: str = "trainer.gradient_clip_val=1.0"
@@ -54,6 +57,10 @@ class SystemSpec:
     def inference_entry(self) -> Callable[..., Any] | None:
         """The ``inference`` function, imported (None: the system has none)."""
         return _imported(self.inference)
+
+    def exporter(self, fmt: str) -> Callable[..., Any]:
+        """The ``export`` function of format ``fmt``, imported."""
+        return _imported(self.export[fmt])
 
     def run_prepare(self, cfg: Any) -> None:
         """The ``prepare`` stage, when the system has one."""

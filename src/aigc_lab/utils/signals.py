@@ -324,7 +324,7 @@ class Guard:
         """How to go on after a stop in ``stage``."""
         if self.entry == "eval":
             return "Nothing was written: evaluate again with the same command"
-        if self.entry == "generate":
+        if self.entry in ("generate", "export"):
             return "Its output may be missing or incomplete: run the same command again"
         from aigc_lab.utils.run_info import current_run
 
@@ -423,7 +423,8 @@ def _stop_clock(guard: Guard) -> None:
 
 
 def stops_on_signals(entry: str) -> Callable[[F], F]:
-    """Run the decorated entry point (``entry``: train, eval or generate) under a ``Guard``: see the module."""
+    """Run the decorated entry point (``entry``: train, eval, generate or export) under a ``Guard``: see the
+    module."""
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
