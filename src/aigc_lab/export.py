@@ -11,14 +11,13 @@ Options and their defaults: ``conf/export.yaml``.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from aigc_lab.checkpoints import load_checkpoint, resolve_checkpoint
-from aigc_lab.errors import UserError
+from aigc_lab.errors import UserError, exit_with
 from aigc_lab.systems.spec import spec_of_checkpoint
 from aigc_lab.utils.paths import conf_dir
 from aigc_lab.utils.signals import stops_on_signals
@@ -43,18 +42,13 @@ def run(cfg: DictConfig) -> Path:
     return written
 
 
+@stops_on_signals("export")  # SIGTERM and Ctrl+C in every stage (utils/signals.py)
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="export")
-def _main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-
-
-@stops_on_signals("export")  # SIGTERM and Ctrl+C in every stage (utils/signals.py)
-def main() -> None:
-    _main()
+        exit_with(str(err))
 
 
 if __name__ == "__main__":
