@@ -45,13 +45,13 @@ def imports_of(path: Path) -> set[str]:
         else:
             continue
         for name in names:
-            if name.startswith("aigc_lab") and name in MODULES:
+            if name.startswith(("aigc_lab", "hydra_plugins")) and name in MODULES:
                 found.add(name)
     # `from aigc_lab.x import y` with y a module: the package x itself is not a dependency
     return {n for n in found if not any(other.startswith(n + ".") for other in found) or n not in PACKAGES}
 
 
-FILES = sorted(PACKAGE.rglob("*.py"))
+FILES = sorted(PACKAGE.rglob("*.py")) + sorted((SRC / "hydra_plugins").rglob("*.py"))  # the plugins: cycles only
 MODULES = {module_name(path) for path in FILES}
 PACKAGES = {module_name(path) for path in FILES if path.name == "__init__.py"}
 GRAPH = {module_name(path): imports_of(path) - {module_name(path)} for path in FILES}

@@ -64,7 +64,7 @@ def _space(*overrides: str):
     ("depth=range(5, 1)", "depth=range(5, 1): empty range(5, 1, 1)"),
 ])
 def test_bad_search_space_is_one_line_naming_the_parameter(sweep, message):
-    from hydra_plugins.aigc_lab_sweeper.sweeper import SweepError
+    from hydra_plugins.aigc_lab_sweeper._errors import SweepError
 
     with pytest.raises(SweepError) as err:
         _space(sweep)

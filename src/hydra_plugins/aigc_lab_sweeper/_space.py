@@ -13,7 +13,7 @@ from typing import Any
 from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep, Transformer
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from hydra_plugins.aigc_lab_sweeper.sweeper import SweepError
+from hydra_plugins.aigc_lab_sweeper._errors import SweepError
 
 
 @dataclass

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hydra_plugins.aigc_lab_sweeper.sweeper import SweepError
+from hydra_plugins.aigc_lab_sweeper._errors import SweepError
 
 if TYPE_CHECKING:
     import optuna

@@ -21,12 +21,11 @@ from typing import TYPE_CHECKING, Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
-from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from aigc_lab.errors import ConfigError
+from hydra_plugins.aigc_lab_sweeper._errors import SweepError
 
 if TYPE_CHECKING:
     import optuna
@@ -36,10 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DIRECTIONS = {"minimize": "minimize", "min": "minimize", "maximize": "maximize", "max": "maximize"}
-
-
-class SweepError(CompactHydraException, ConfigError):
-    """A sweep that cannot start (a bad search space): Hydra prints its one-line message, no traceback."""
 
 
 class AigcOptunaSweeper(Sweeper):
