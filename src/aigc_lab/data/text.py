@@ -22,6 +22,7 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
+from aigc_lab.data.hf_datasets import is_dataset, text_file
 from aigc_lab.data.masking import MaskingCollator
 from aigc_lab.data.prepared import prepare_once
 from aigc_lab.data.tokenizer import (
@@ -146,8 +147,11 @@ class TextDataModule(TokenizedData, L.LightningDataModule):
         # sequences and masking
         block_size: int = 128, line_by_line: bool = False, mask_rate: float = 0.15, eval_mask_seed: int = 0,
         batch_size: int = 32, eval_batch_size: int = 64,
+        text_column: str = "text",
     ) -> None:
-        """``test_files: null`` tests on the validation files. ``eval_mask_seed`` fixes the masks of
+        """Files are UTF-8 text files (paths or globs) or Hugging Face datasets (``hf:<path>``: a folder written by
+        ``save_to_disk`` or a .jsonl/.csv/.parquet file) whose ``text_column`` is the text (data/hf_datasets.py).
+        ``test_files: null`` tests on the validation files. ``eval_mask_seed`` fixes the masks of
         validation and test sequences, so their losses compare across epochs and runs."""
         super().__init__()
         in_interval("data.mask_rate", mask_rate, 0, 1, "()")
@@ -156,20 +160,27 @@ class TextDataModule(TokenizedData, L.LightningDataModule):
         positive("data.batch_size", batch_size)
         positive("data.eval_batch_size", eval_batch_size)
         self.save_hyperparameters()
-        # Resolved now, so that a missing file stops the run before anything heavy starts.
+        self.cache_dir = Path(cache_dir).expanduser()
+        # Resolved now, so that a missing file stops the run before anything heavy starts (a Hugging Face dataset,
+        # hf:<path>, is its text column written to a cached text file: data/hf_datasets.py).
         self.files = {
-            "train": resolve_files(train_files, "train_files"),
-            "val": resolve_files(val_files, "val_files"),
-            "test": resolve_files(test_files, "test_files") if test_files is not None else None,
+            "train": self._resolve(train_files, "train_files"),
+            "val": self._resolve(val_files, "val_files"),
+            "test": self._resolve(test_files, "test_files") if test_files is not None else None,
         }
         if not line_by_line:
             for split, files in self.files.items():
                 if files is not None:
                     check_block_fits_files(block_size, files, split)
-        self.cache_dir = Path(cache_dir).expanduser()
         self.tokenizer: Tokenizer | None = None
         self.datasets: dict[str, Dataset] = {}
         self._texts: dict[str, list[str]] = {}
+
+    def _resolve(self, spec: str | Sequence[str], key: str) -> list[Path]:
+        entries = [spec] if isinstance(spec, str) else list(spec)
+        column = self.hparams.text_column
+        return resolve_files([str(text_file(e, column, self.cache_dir, key)) if is_dataset(e) else e
+                              for e in entries], key)
 
     # ---------------------------------------------------------------- preparing (cached)
     @prepare_once
