@@ -188,10 +188,11 @@ def test_a_storage_lost_mid_sweep_is_one_line_and_keeps_the_finished_trials(star
                 "+callbacks.mark._target_=mark_training.MarkTraining")
         worker = start_worker(*args, env={"MARK_AT_STEP": "1", "MARK_FILE": str(tmp_path / "mark"),
                                           "SLOW_STEP_S": "2"})
-        deadline = time.monotonic() + 180
-        while not any(t.state.name == "COMPLETE" for t in _trials(server.url)):
+        deadline, watch = time.monotonic() + 180, optuna.storages.RDBStorage(server.url)  # one connection pool
+        while not any(t.state.name == "COMPLETE" for t in _trials(watch)):
             assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[0][-3000:]
             time.sleep(0.3)
+        watch.engine.dispose()
         server.stop()  # while the second trial trains
         out = worker.communicate(timeout=180)[0]
         assert worker.returncode == 1 and "Traceback" not in out and ":pw@" not in out, out[-3000:]
@@ -201,10 +202,10 @@ def test_a_storage_lost_mid_sweep_is_one_line_and_keeps_the_finished_trials(star
         assert trials[0].state.name == "COMPLETE" and trials[0].value is not None  # kept
 
 
-def _trials(url: str) -> list:
+def _trials(storage) -> list:
     import optuna
 
     try:
-        return optuna.load_study(study_name="shared", storage=url).trials
+        return optuna.load_study(study_name="shared", storage=storage).trials
     except KeyError:  # the worker has not created the study yet
         return []
