@@ -2,8 +2,8 @@
 
 Lightning writes a step's ``self.log`` values to the loggers only every ``trainer.log_every_n_steps`` batches
 (and on the last step, and on every step under ``fast_dev_run``); on the other steps a logged value only
-refreshes the progress bar. Each ``self.log`` call still costs Lightning about 0.35 ms on this CPU (its result
-bookkeeping), which is 1% of a 60 ms GAN step per value (bench/overhead_paired.py). A system whose steps are
+refreshes the progress bar. Each ``self.log`` call still costs Lightning its result bookkeeping, a visible share
+of a short GAN step per value (BENCHMARKS.md, measured by bench/overhead_paired.py). A system whose steps are
 that short logs its per-step scalars on the written steps only; the progress bar then shows the values of the
 last written step.
 """

@@ -2,9 +2,9 @@
 
 By default glibc serves every allocation above a (dynamic) threshold with its own ``mmap`` and returns it with
 ``munmap`` when freed. A training step allocates and frees the same large activation and gradient buffers
-every step, so each step maps fresh pages and the kernel zero-fills them on first touch: on this CPU the GAN
-preset took ~8,000 minor page faults per step, and its steps ran 1.19x faster (61.6-64.7 -> 51.9-53.7 ms) with
-the two settings below (BENCHMARKS.md, "glibc malloc"). Allocator libraries such as jemalloc or tcmalloc
+every step, so each step maps fresh pages and the kernel zero-fills them on first touch: thousands of minor page
+faults per GAN step, which the two settings below remove (the figures and the speed-up: BENCHMARKS.md, "glibc
+malloc"). Allocator libraries such as jemalloc or tcmalloc
 (``LD_PRELOAD``) do the same job; torch has no setting for it on the CPU.
 
 ``keep_freed_memory()`` serves allocations up to 32 MB (glibc's upper limit) from the heap and lets up to
