@@ -64,13 +64,7 @@ class AigcOptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
-        from hydra_plugins.aigc_lab_sweeper._storage import (
-            fail_stale_trials,
-            is_shared,
-            is_storage_error,
-            shown,
-            storage_url,
-        )
+        from hydra_plugins.aigc_lab_sweeper._storage import is_shared, is_storage_error, shown, storage_url
 
         assert self.config is not None and self.hydra_context is not None
         space = self._search_space(arguments)  # before anything is written: a refused sweep leaves nothing
@@ -81,10 +75,8 @@ class AigcOptunaSweeper(Sweeper):
         study = self._study(url)  # a shared storage that cannot be reached: one line, and nothing written
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        if is_shared(self.storage):
-            fail_stale_trials(study)  # other workers' live trials stay RUNNING: only dead ones run again
-        else:
-            requeue_interrupted(study)
+        if not is_shared(self.storage):  # shared: other workers' trials may be live, their heartbeats tell
+            requeue_interrupted(study)  # (_open_slots, before every ask)
         log.info("Study %r in %s: %d trials done, %d in all to run, %d per batch", study.study_name, shown(url),
                  len(counted_trials(study)), self.n_trials, self.n_jobs)
         returns: list[Sequence[JobReturn]] = []
