@@ -130,7 +130,7 @@ def test_packed_blocks(text_corpus, tmp_path):
     assert "attention_mask" not in batch
     val = [b["labels"] for b in dm.val_dataloader()]
     assert all(torch.equal(a, b) for a, b in zip(val, [b["labels"] for b in dm.val_dataloader()]))  # fixed masks
-    assert len(list((tmp_path / "tokens").glob("*.pt"))) == 3  # one token cache per split
+    assert len(list((tmp_path / "tokens").glob("*/manifest.json"))) == 3  # one token cache per split
 
 
 def test_prepare_data_works_once_per_data_module(text_corpus, tmp_path, monkeypatch):

@@ -1,10 +1,12 @@
 """Local UTF-8 text files for masked language modelling.
 
 The tokenizer is trained on the training split (or loaded from ``tokenizer_path``) and cached; each
-split is tokenized once and its ids cached as a flat int32 tensor (``torch.save``), keyed by a hash of
-the files and the tokenizer. Sequences are either packed into fixed blocks of ``block_size`` tokens,
-``[CLS] ... [SEP]`` (``line_by_line: false``, no padding), or one per non-empty line, truncated to
-``block_size`` and padded per batch (``line_by_line: true``). Masking happens in the collator.
+split is tokenized once, in a streaming pass over its files in parallel processes, into memory-mapped shards of
+token ids (data/shards.py: uint16 for vocabularies under 65,536), keyed by a hash of the files and the
+tokenizer; training reads the shards, so memory does not grow with the corpus. Sequences are either packed into
+fixed blocks of ``block_size`` tokens, ``[CLS] ... [SEP]`` (``line_by_line: false``, no padding), or one per
+non-empty line, truncated to ``block_size`` and padded per batch (``line_by_line: true``).
+Masking happens in the collator.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import glob
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import chain
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
@@ -25,6 +29,17 @@ from torch.utils.data import DataLoader, Dataset
 from aigc_lab.data.hf_datasets import is_dataset, text_file
 from aigc_lab.data.masking import MaskingCollator
 from aigc_lab.data.prepared import prepare_once
+from aigc_lab.data.shards import (
+    ENCODE_BATCH,
+    SHARDS_FORMAT,
+    Concatenated,
+    Job,
+    build,
+    decode,
+    id_dtype,
+    jobs_for,
+    load_array,
+)
 from aigc_lab.data.tokenizer import (
     CLS,
     MASK,
@@ -32,20 +47,20 @@ from aigc_lab.data.tokenizer import (
     SEP,
     SPECIAL_TOKENS,
     TokenizedData,
-    atomic_write,
     cache_key,
     check_tokenizer_options,
     file_fingerprint,
     load_or_train_tokenizer,
     load_tokenizer,
     read_text,
+    text_chunks,
 )
 from aigc_lab.errors import CorpusError, DataNotFoundError
 from aigc_lab.utils.validate import in_interval, positive, require
 
 log = logging.getLogger(__name__)
 
-IDS_FORMAT = 1  # part of the token-cache key
+IDS_FORMAT = 2  # part of the token-cache key
 
 
 def resolve_files(spec: str | Sequence[str], key: str) -> list[Path]:
@@ -83,37 +98,62 @@ def check_block_fits_files(block_size: int, files: Sequence[Path], split: str) -
         )
 
 
-def pack_blocks(ids: torch.Tensor, block_size: int, cls_id: int, sep_id: int) -> torch.Tensor:
-    """Flat ids [N] -> [N // (block_size - 2), block_size] rows of [CLS] chunk [SEP]; the remainder is dropped."""
-    body = block_size - 2
-    n = len(ids) // body
-    chunks = ids[: n * body].view(n, body).long()  # [n, block_size - 2]
-    return torch.cat([torch.full((n, 1), cls_id), chunks, torch.full((n, 1), sep_id)], dim=1)
+def encode_lines(job: Job, tmp: Path, tokenizer: Tokenizer, options: dict[str, Any]) -> dict[str, int]:
+    """One shard of a text corpus (data/shards.py): the ids of its non-blank lines, no special tokens (a line that
+    encodes to nothing is dropped), flat in ``<name>.ids`` (``options["dtype"]``), one uint32 length per line in
+    ``<name>.lengths``."""
+    text, _ = decode(job.read())
+    lines = [line for line in text.splitlines() if line.strip()]
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # fast: no offsets
+    lengths: list[int] = []
+    with open(tmp / f"{job.name}.ids", "wb") as out:
+        for i in range(0, len(lines), ENCODE_BATCH):
+            ids = [e.ids for e in encode(lines[i : i + ENCODE_BATCH], add_special_tokens=False)]
+            ids = [row for row in ids if row]
+            sizes = [len(row) for row in ids]
+            np.fromiter(chain.from_iterable(ids), dtype=options["dtype"], count=sum(sizes)).tofile(out)
+            lengths += sizes
+    np.asarray(lengths, dtype=np.uint32).tofile(tmp / f"{job.name}.lengths")
+    return {"tokens": sum(lengths), "lines": len(lengths)}
+
+
+class TokenIds:
+    """A split's token ids, memory-mapped from its shards: ``ids`` all lines' ids in order, ``lengths`` per line."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
+        dtype = np.dtype(manifest["options"]["dtype"])
+        shards = manifest["shards"]
+        self.ids = Concatenated([load_array(folder, s, "ids", dtype, s["tokens"]) for s in shards])
+        self.lengths = Concatenated([load_array(folder, s, "lengths", np.uint32, s["lines"]) for s in shards])
 
 
 class PackedBlocks(Dataset):
-    """Fixed-length blocks [N, T]; ``__getitems__`` gathers a whole batch with one indexing op."""
+    """Fixed-length blocks of ``[CLS] chunk [SEP]``: the token stream cut into chunks of ``block_size - 2`` (the
+    remainder dropped), read from the memory-mapped ids when a batch asks for them."""
 
-    def __init__(self, blocks: torch.Tensor) -> None:
-        self.blocks = blocks
+    def __init__(self, ids: Concatenated, block_size: int, cls_id: int, sep_id: int) -> None:
+        self.ids, self.body, self.cls_id, self.sep_id = ids, block_size - 2, cls_id, sep_id
 
     def __len__(self) -> int:
-        return len(self.blocks)
+        return len(self.ids) // self.body
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.__getitems__([index])
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices)
-        return idx, self.blocks[idx]  # sample indices [B] (for evaluation masking), ids [B, T]
+        body = np.stack([self.ids.span(i * self.body, (i + 1) * self.body) for i in indices])  # [B, T - 2]
+        body = torch.from_numpy(body.astype(np.int64))
+        n = len(indices)
+        blocks = torch.cat([torch.full((n, 1), self.cls_id), body, torch.full((n, 1), self.sep_id)], dim=1)
+        return torch.as_tensor(indices), blocks  # sample indices [B] (for evaluation masking), ids [B, T]
 
 
 class Lines(Dataset):
     """One ``[CLS] line [SEP]`` sequence per non-empty line, truncated to ``block_size`` tokens."""
 
-    def __init__(self, ids: torch.Tensor, lengths: torch.Tensor, block_size: int, cls_id: int, sep_id: int) -> None:
-        self.ids, self.lengths = ids, lengths
-        self.starts = torch.cumsum(lengths, 0) - lengths  # [N] offset of each line in ids
+    def __init__(self, ids: Concatenated, lengths: np.ndarray, block_size: int, cls_id: int, sep_id: int) -> None:
+        self.ids, self.lengths = ids, lengths.astype(np.int64)
+        self.starts = np.cumsum(self.lengths) - self.lengths  # [N] offset of each line in ids
         self.body, self.cls_id, self.sep_id = block_size - 2, cls_id, sep_id
 
     def __len__(self) -> int:
@@ -126,7 +166,7 @@ class Lines(Dataset):
         rows = []
         for i in indices:
             start, length = int(self.starts[i]), min(int(self.lengths[i]), self.body)
-            body = self.ids[start : start + length].long()
+            body = torch.from_numpy(self.ids.span(start, start + length).astype(np.int64))
             rows.append(torch.cat([body.new_tensor([self.cls_id]), body, body.new_tensor([self.sep_id])]))
         return torch.as_tensor(indices), rows
 
@@ -143,7 +183,7 @@ class TextDataModule(TokenizedData, L.LightningDataModule):
         test_files: str | list[str] | None = None,
         # the options of both token data modules (data/tokenizer.py checks the tokenizer's alike)
         tokenizer_path: str | None = None, vocab_size: int = 8192, min_frequency: int = 2, lowercase: bool = False,
-        num_workers: int = 0, cache_dir: str = ".cache",
+        num_workers: int = 0, cache_dir: str = ".cache", tokenize_processes: int | None = None,
         # sequences and masking
         block_size: int = 128, line_by_line: bool = False, mask_rate: float = 0.15, eval_mask_seed: int = 0,
         batch_size: int = 32, eval_batch_size: int = 64,
@@ -174,7 +214,6 @@ class TextDataModule(TokenizedData, L.LightningDataModule):
                     check_block_fits_files(block_size, files, split)
         self.tokenizer: Tokenizer | None = None
         self.datasets: dict[str, Dataset] = {}
-        self._texts: dict[str, list[str]] = {}
 
     def _resolve(self, spec: str | Sequence[str], key: str) -> list[Path]:
         entries = [spec] if isinstance(spec, str) else list(spec)
@@ -190,46 +229,40 @@ class TextDataModule(TokenizedData, L.LightningDataModule):
         for split in ("train", "val", "test"):
             if self.files[split] is not None:
                 self._token_ids(split, tokenizer)
-        self._texts.clear()
 
     def _tokenizer_file(self) -> Path:
         if self.hparams.tokenizer_path:
             return Path(self.hparams.tokenizer_path).expanduser()
+
+        def corpus() -> Iterator[str]:  # streamed: a piece of the files at a time
+            self._require_text("train")
+            return text_chunks(self.files["train"])
+
         return load_or_train_tokenizer(
-            self.files["train"], lambda: self._read("train"), self.cache_dir,
+            self.files["train"], corpus, self.cache_dir,
             self.hparams.vocab_size, self.hparams.min_frequency, self.hparams.lowercase,
         )
 
-    def _read(self, split: str) -> list[str]:
-        if split not in self._texts:
-            texts = [read_text(path) for path in self.files[split]]
-            if not any(text.strip() for text in texts):
-                raise CorpusError(f"empty corpus: no text in {_names(self.files[split])} (data.{split}_files): "
-                                  f"point data.{split}_files at non-empty UTF-8 text files")
-            self._texts[split] = texts
-        return self._texts[split]
+    def _require_text(self, split: str) -> None:
+        """CorpusError unless the split's files hold some non-blank text (read until the first is found)."""
+        if not any(chunk.strip() for chunk in text_chunks(self.files[split])):
+            raise CorpusError(f"empty corpus: no text in {_names(self.files[split])} (data.{split}_files): "
+                              f"point data.{split}_files at non-empty UTF-8 text files")
 
-    def _token_ids(self, split: str, tokenizer: Tokenizer) -> dict[str, torch.Tensor]:
-        """{"ids": int32 [N] (all non-empty lines, no special tokens), "lengths": int32 [lines]}, cached."""
+    def _token_ids(self, split: str, tokenizer: Tokenizer) -> TokenIds:
+        """The split's ids in memory-mapped shards (all non-empty lines, no special tokens), tokenized on a miss."""
+        files = self.files[split]
         tok_hash = hashlib.sha256(tokenizer.to_str().encode()).hexdigest()
-        key = cache_key(file_fingerprint(self.files[split]), tok_hash, IDS_FORMAT)
-        path = self.cache_dir / "tokens" / f"{key}.pt"
-        if path.is_file():
-            return torch.load(path, weights_only=True)
-        lines = [line for text in self._read(split) for line in text.splitlines() if line.strip()]
-        encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # fast: no offsets
-        encodings = [e.ids for e in encode(lines, add_special_tokens=False)]
-        encodings = [ids for ids in encodings if ids]
-        if not encodings:
-            raise CorpusError(f"empty corpus: no tokens in {_names(self.files[split])} (data.{split}_files): "
+        folder = self.cache_dir / "tokens" / cache_key(file_fingerprint(files), tok_hash, IDS_FORMAT, SHARDS_FORMAT)
+        dtype = id_dtype(tokenizer.get_vocab_size())
+        if not folder.is_dir():
+            self._require_text(split)
+        manifest = build(folder, jobs_for(files), encode_lines, tokenizer, {"dtype": dtype.str},
+                         what=f"{split} ({_names(files)})", processes=self.hparams.tokenize_processes)
+        if not sum(s["tokens"] for s in manifest["shards"]):
+            raise CorpusError(f"empty corpus: no tokens in {_names(files)} (data.{split}_files): "
                               f"point data.{split}_files at text the tokenizer can read")
-        blob = {
-            "ids": torch.tensor(list(chain.from_iterable(encodings)), dtype=torch.int32),
-            "lengths": torch.tensor([len(ids) for ids in encodings], dtype=torch.int32),
-        }
-        atomic_write(path, lambda tmp: torch.save(blob, tmp))
-        log.info("Tokenized %s: %d tokens in %d lines, cached in %s", split, len(blob["ids"]), len(encodings), path)
-        return blob
+        return TokenIds(folder, manifest)
 
     # ---------------------------------------------------------------- setup
     def setup(self, stage: str | None = None) -> None:
@@ -244,19 +277,18 @@ class TextDataModule(TokenizedData, L.LightningDataModule):
                 if self.files[split] is not None:
                     self.datasets[split] = self._dataset(split)
             self.datasets.setdefault("test", self.datasets["val"])
-            self._texts.clear()
 
     def _dataset(self, split: str) -> Dataset:
-        blob = self._token_ids(split, self.tokenizer)
+        tokens = self._token_ids(split, self.tokenizer)
         block, cls_id, sep_id = self.hparams.block_size, self.special_id(CLS), self.special_id(SEP)
         if self.hparams.line_by_line:
-            return Lines(blob["ids"], blob["lengths"], block, cls_id, sep_id)
-        if len(blob["ids"]) < block - 2:
+            return Lines(tokens.ids, tokens.lengths.all(), block, cls_id, sep_id)
+        if len(tokens.ids) < block - 2:
             raise CorpusError(
-                f"the {split} corpus {_names(self.files[split])} has {len(blob['ids'])} tokens, fewer than one "
+                f"the {split} corpus {_names(self.files[split])} has {len(tokens.ids)} tokens, fewer than one "
                 f"block of {block} ({block - 2} + [CLS] and [SEP]): add text, or lower data.block_size"
             )
-        return PackedBlocks(pack_blocks(blob["ids"], block, cls_id, sep_id))
+        return PackedBlocks(tokens.ids, block, cls_id, sep_id)
 
     # ---------------------------------------------------------------- loaders
     def collator(self, seed: int | None) -> MaskingCollator:

@@ -22,6 +22,7 @@ from typing import Literal
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from aigc_lab.data.shards import Job, decode, line_ranges
 from aigc_lab.errors import CorpusError, DataNotFoundError, UserError
 from aigc_lab.utils.validate import at_least, at_most, require
 
@@ -78,31 +79,61 @@ def cache_key(*parts: object) -> str:
 
 
 def read_text(path: Path) -> str:
-    """A UTF-8 text file. A few undecodable bytes (stray bytes in a big corpus) become U+FFFD and are
-    counted in a warning; a file in another encoding is a CorpusError that names the first bad byte: more
-    than one undecodable sequence per 1,000 bytes, a UTF-16 byte-order mark, or NUL bytes near the start."""
+    """A UTF-8 text file, whole (small files; corpora are streamed: ``text_chunks``), after ``check_utf8``."""
+    check_utf8(path)
+    return Path(path).read_bytes().decode("utf-8", errors="replace")
+
+
+def text_chunks(paths: Sequence[Path]) -> Iterator[str]:
+    """The files' text in pieces of whole lines (data/shards.py ``CHUNK_BYTES``), one piece in memory at a time;
+    each file passes ``check_utf8`` first."""
+    for path in paths:
+        check_utf8(path)
+        for start, end in line_ranges(path):
+            yield decode(Job(str(path), start, end, "").read())[0]
+
+
+def check_utf8(path: Path) -> None:
+    """Is the file UTF-8 text? A few undecodable bytes (stray bytes in a big corpus) become U+FFFD and are counted
+    in a warning; a file in another encoding is a CorpusError that names the first bad byte: more than one
+    undecodable sequence per 1,000 bytes, a UTF-16 byte-order mark, or NUL bytes near the start. Streamed: the
+    file is read one chunk at a time."""
     path = Path(path)
-    raw = path.read_bytes()
-    try:
-        text, first, replaced = raw.decode("utf-8"), -1, 0
-    except UnicodeDecodeError as err:
-        text = raw.decode("utf-8", errors="replace")
-        first, replaced = err.start, text.count("\ufffd") - raw.count("\ufffd".encode())  # minus genuine U+FFFD
+    with open(path, "rb") as f:
+        head = f.read(4096)
     convert = f"-t utf-8 {path} > {path.with_suffix('.utf8' + path.suffix)}"
-    nul = raw.find(b"\x00", 0, 4096)  # ASCII text in UTF-16/32 has them everywhere
-    if nul >= 0 or raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    nul = head.find(b"\x00")  # ASCII text in UTF-16/32 has them everywhere
+    if nul >= 0 or head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         where = f"a NUL byte at offset {nul}" if nul >= 0 else "a UTF-16 byte-order mark at offset 0"
         raise CorpusError(f"{path} is not UTF-8 text ({where}: UTF-16, UTF-32 or binary?). "
                           f"Convert it: iconv -f utf-16 {convert}")
-    if replaced > len(raw) // 1000:
-        line = raw.count(b"\n", 0, first) + 1
-        raise CorpusError(f"{path} is not UTF-8 text: byte 0x{raw[first]:02x} at offset {first} (line {line}) and "
+    replaced, first, first_line, lines_before = 0, -1, 0, 0
+    for start, end in line_ranges(path):
+        raw = Job(str(path), start, end, "").read()
+        _, bad = decode(raw)
+        if bad and first < 0:
+            offset = _first_bad(raw)
+            first, first_line = start + offset, lines_before + raw.count(b"\n", 0, offset) + 1
+        replaced += bad
+        lines_before += raw.count(b"\n")
+    if replaced > path.stat().st_size // 1000:
+        with open(path, "rb") as f:
+            f.seek(first)
+            byte = f.read(1)[0]
+        raise CorpusError(f"{path} is not UTF-8 text: byte 0x{byte:02x} at offset {first} (line {first_line}) and "
                           f"{replaced - 1} more cannot be decoded. Convert it: iconv -f <its encoding, e.g. latin1> "
                           f"{convert}")
     if replaced:
         log.warning("%s is not valid UTF-8: %d undecodable byte sequence(s) replaced by U+FFFD (the first at byte %d)",
                     path, replaced, first)
-    return text
+
+
+def _first_bad(raw: bytes) -> int:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return err.start
+    return -1
 
 
 def build_wordpiece(lowercase: bool = False) -> Tokenizer:
@@ -190,7 +221,7 @@ def tokenizer_from_json(text: str, specials: Sequence[str] = SPECIAL_TOKENS) -> 
 
 def load_or_train_tokenizer(
     train_files: Sequence[Path],
-    read_corpus: Callable[[], list[str]],
+    read_corpus: Callable[[], Iterable[str]],
     cache_dir: str | Path,
     vocab_size: int,
     min_frequency: int = 2,
