@@ -1,5 +1,6 @@
-"""Hugging Face ``datasets`` as corpora of the masked LM (``data.train_files=hf:<path>``), written offline here:
-a folder saved with ``save_to_disk`` and a ``.jsonl`` file read by ``load_dataset``."""
+"""Hugging Face ``datasets`` as corpora of the masked LM (``data.train_files=hf:<path>``) and as pairs of the seq2seq
+model (``data.train_file=hf:<path>``), written offline here: a folder saved with ``save_to_disk`` and a ``.jsonl``
+file read by ``load_dataset``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import pytest
 import torch
 
+from aigc_lab.data.parallel import ParallelDataModule
 from aigc_lab.data.text import TextDataModule
 from aigc_lab.errors import ConfigError
 
@@ -49,7 +51,46 @@ def test_a_saved_dataset_and_a_jsonl_file_train_as_their_text_does(text_corpus, 
     plain = TextDataModule(train_files=str(text_corpus["train"]), val_files=str(text_corpus["val"]), block_size=32,
                            cache_dir=str(tmp_path / "cache"), tokenizer_path=str(tmp_path / "tokenizer.json"))
     plain.setup("fit")
-    assert torch.equal(plain.datasets["train"].blocks, dm.datasets["train"].blocks)  # the same text, the same blocks
+    assert torch.equal(all_blocks(plain), all_blocks(dm))  # the same text, the same blocks
+
+
+def all_blocks(dm: TextDataModule) -> torch.Tensor:
+    dataset = dm.datasets["train"]
+    return dataset.__getitems__(list(range(len(dataset))))[1]
+
+
+def test_datasets_of_pairs_train_as_their_tsv_does(tsv_corpus, tmp_path):
+    """Source and target columns: the same pairs, token ids and raw strings as the TSV files they came from."""
+    entries = {}
+    for split in ("train", "val"):
+        lines = tsv_corpus[split].read_text(encoding="utf-8").splitlines()
+        pairs = [fields for fields in (line.split("\t") for line in lines) if len(fields) == 2]
+        table = {"en": [s for s, _ in pairs], "fr": [t for _, t in pairs], "n": list(range(len(pairs)))}
+        if split == "train":
+            datasets.Dataset.from_dict(table).save_to_disk(str(tmp_path / "train_ds"))
+            entries[split] = f"hf:{tmp_path / 'train_ds'}"
+        else:
+            path = tmp_path / "val.jsonl"
+            path.write_text("".join(json.dumps(dict(zip(table, row))) + "\n" for row in zip(*table.values())))
+            entries[split] = f"hf:{path}"
+    common = {"vocab_size": 300, "max_len": 32, "max_tokens": 256, "eval_max_tokens": 256,
+              "cache_dir": str(tmp_path / "cache"), "tokenize_processes": 2}
+    dm = ParallelDataModule(train_file=entries["train"], val_file=entries["val"], source_column="en",
+                            target_column="fr", **common)
+    assert dm.files["train"].parent == tmp_path / "cache" / "hf_pairs"
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.tokenizer.save(str(tmp_path / "tokenizer.json"))  # tokenizer training is not reproducible across runs
+    plain = ParallelDataModule(train_file=str(tsv_corpus["train"]), val_file=str(tsv_corpus["val"]),
+                               tokenizer_path=str(tmp_path / "tokenizer.json"), **common)
+    plain.setup("fit")
+    for split in ("train", "val"):
+        ours, theirs = dm.datasets[split], plain.datasets[split]
+        assert len(ours) == len(theirs) > 0
+        assert [ours[i] for i in range(len(ours))] == [theirs[i] for i in range(len(theirs))]
+    with pytest.raises(ConfigError, match="data.target_column='target' is not a column of .* its columns are en, fr"):
+        ParallelDataModule(train_file=entries["train"], val_file=entries["val"], source_column="en",
+                           **{**common, "cache_dir": str(tmp_path / "other")})
 
 
 def test_an_edited_dataset_is_never_served_stale(text_corpus, tmp_path):

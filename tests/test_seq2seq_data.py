@@ -14,7 +14,7 @@ from aigc_lab.data.parallel import (
     ParallelDataModule,
     TokenBudgetBatchSampler,
     detokenize,
-    read_tsv,
+    parse_pairs,
     synthetic_pairs,
 )
 from aigc_lab.data.tokenizer import SEQ2SEQ_SPECIAL_TOKENS, load_or_train_tokenizer, load_tokenizer, symbol_tokenizer
@@ -23,11 +23,11 @@ from aigc_lab.errors import CorpusError, DataNotFoundError
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def test_read_tsv_skips_and_counts_malformed_lines(tmp_path):
+def test_parse_pairs_skips_and_counts_malformed_lines(tmp_path):
     path = tmp_path / "pairs.tsv"
     lines = ["hello\tbonjour", "no tab here", "", " \tvide", "vide\t ", "a\tb\tc", "  spaced  \t  espacé \r"]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    pairs, skipped, n_lines = read_tsv(path)
+    pairs, skipped, n_lines = parse_pairs(path.read_text(encoding="utf-8"))
     assert pairs == [("hello", "bonjour"), ("spaced", "espacé")]
     assert skipped == Counter({"no tab": 1, "blank": 1, "empty side": 2, "more than one tab": 1})
     assert n_lines == 7

@@ -4,7 +4,14 @@
 checkpoint names the system that saved it, whose spec (``systems/spec.py``: ``export``) names the formats it
 writes; ``format=`` picks one (null: the first):
 
-- a GAN's: ``torch_export``, the generator as a ``torch.export`` program (``aigc_lab/gan_export.py``).
+- a GAN's: ``torch_export``, the generator as a ``torch.export`` program (``aigc_lab/gan_export.py``);
+- a masked LM's: ``hf``, a Hugging Face folder (RobertaPreLayerNormForMaskedLM and its tokenizer) that
+  ``transformers.AutoModelForMaskedLM`` and ``AutoTokenizer`` load, and ``model.init_from`` starts a new run from
+  (``aigc_lab/hf_export.py``);
+- a seq2seq model's: ``hf``, a Hugging Face folder (BlenderbotForConditionalGeneration and its tokenizer) for
+  ``transformers.AutoModelForSeq2SeqLM`` (``aigc_lab/hf_seq2seq.py``).
+
+The ``hf`` folders need safetensors (``pip install 'aigc_lab[hf]'``), not transformers.
 
 Options and their defaults: ``conf/export.yaml``.
 """

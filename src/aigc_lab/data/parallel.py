@@ -5,8 +5,12 @@ side, or with a side longer than ``max_len`` tokens (its [BOS]/[EOS] included) a
 in one warning per file; a file with no usable line is an error that names it, and so is a train file
 that fits in one training batch (``max_tokens``), where every step would repeat the same pairs. A first
 line that looks like column names (``source<TAB>target``, ``en<TAB>fr``) is trained on as a pair, with a
-warning. A joint byte-level BPE tokenizer is trained on both sides of the training pairs and cached like
-the masked LM's (keyed by the file and the settings), or loaded from ``tokenizer_path``.
+warning. A joint byte-level BPE tokenizer is trained on both sides of the training pairs (streamed) and cached
+like the masked LM's (keyed by the file and the settings), or loaded from ``tokenizer_path``. Each file is
+tokenized once, in a streaming pass in parallel processes, into memory-mapped shards (data/shards.py): both
+sides' ids (uint16 under 65,536 tokens), their lengths and the pairs' text (for BLEU), keyed by the file and the
+tokenizer. A file may also be a Hugging Face dataset, ``hf:<path>``, read through ``data.source_column`` and
+``data.target_column`` (data/hf_datasets.py).
 
 The synthetic task (``task: synthetic``) needs no files: random strings of space-separated symbols and
 the same strings reversed, a fixed function of ``synthetic_seed`` and the split, with a symbol-level
@@ -27,26 +31,42 @@ import random
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from aigc_lab.data.hf_datasets import is_dataset, tsv_file
 from aigc_lab.data.prepared import prepare_once
+from aigc_lab.data.shards import (
+    ENCODE_BATCH,
+    SHARDS_FORMAT,
+    Concatenated,
+    Job,
+    build,
+    decode,
+    id_dtype,
+    jobs_for,
+    load_array,
+)
 from aigc_lab.data.tokenizer import (
     BOS,
     EOS,
     PAD,
     SEQ2SEQ_SPECIAL_TOKENS,
     TokenizedData,
+    cache_key,
     check_tokenizer_options,
+    file_fingerprint,
     load_or_train_tokenizer,
     load_tokenizer,
-    read_text,
     symbol_tokenizer,
+    text_chunks,
 )
 from aigc_lab.errors import ConfigError, CorpusError, DataNotFoundError
 from aigc_lab.utils.validate import in_interval, positive, require
@@ -54,6 +74,7 @@ from aigc_lab.utils.validate import in_interval, positive, require
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+PAIRS_FORMAT = 1  # part of the pair shards' cache key
 SYMBOLS = "0123456789abcdefghijklmnopqrstuvwxyz"  # the synthetic task's alphabet (its first synthetic_symbols)
 Pair = tuple[str, str]  # (source, target)
 Batch = dict[str, Any]  # tensors and lists of strings: see the module docstring
@@ -73,11 +94,11 @@ HEADER_WORDS = frozenset({
 
 
 # -------------------------------------------------------------------- reading
-def read_tsv(path: Path) -> tuple[list[Pair], Counter, int]:
-    """(pairs, skipped lines per reason, number of lines) of a ``source<TAB>target`` file; sides are stripped."""
+def parse_pairs(text: str) -> tuple[list[Pair], Counter, int]:
+    """(pairs, skipped lines per reason, number of lines) of ``source<TAB>target`` lines; sides are stripped."""
     pairs: list[Pair] = []
     skipped: Counter = Counter()
-    lines = read_text(path).splitlines()
+    lines = text.splitlines()
     for line in lines:
         fields = line.split("\t")
         if len(fields) == 1:
@@ -89,6 +110,30 @@ def read_tsv(path: Path) -> tuple[list[Pair], Counter, int]:
         else:
             pairs.append((fields[0].strip(), fields[1].strip()))
     return pairs, skipped, len(lines)
+
+
+def encode_pairs(job: Job, tmp: Path, tokenizer: Tokenizer, options: dict[str, Any]) -> dict[str, Any]:
+    """One shard of a TSV file (data/shards.py): of each well-formed pair, the ids of both sides without special
+    tokens (``<name>.src``, ``<name>.tgt``, flat, ``options["dtype"]``), their lengths (``.src_len``, ``.tgt_len``,
+    uint32) and its text, ``source<TAB>target`` in UTF-8 (``.text``, with ``.text_end``: uint64 end offsets)."""
+    pairs, skipped, n_lines = parse_pairs(decode(job.read())[0])
+    lengths: dict[str, list[int]] = {"src": [], "tgt": []}
+    with open(tmp / f"{job.name}.src", "wb") as src_out, open(tmp / f"{job.name}.tgt", "wb") as tgt_out:
+        for i in range(0, len(pairs), ENCODE_BATCH):
+            batch = pairs[i : i + ENCODE_BATCH]
+            for side, out, texts in (("src", src_out, [s for s, _ in batch]), ("tgt", tgt_out, [t for _, t in batch])):
+                ids = encode_texts(tokenizer, texts)
+                sizes = [len(row) for row in ids]
+                np.fromiter(chain.from_iterable(ids), dtype=options["dtype"], count=sum(sizes)).tofile(out)
+                lengths[side] += sizes
+    for side, values in lengths.items():
+        np.asarray(values, dtype=np.uint32).tofile(tmp / f"{job.name}.{side}_len")
+    texts = [f"{s}\t{t}".encode() for s, t in pairs]
+    (tmp / f"{job.name}.text").write_bytes(b"".join(texts))
+    np.cumsum([len(t) for t in texts], dtype=np.uint64).tofile(tmp / f"{job.name}.text_end")
+    src_tokens, tgt_tokens = sum(lengths["src"]), sum(lengths["tgt"])
+    return {"tokens": src_tokens + tgt_tokens, "src_tokens": src_tokens, "tgt_tokens": tgt_tokens, "pairs": len(pairs),
+            "text_bytes": sum(len(t) for t in texts), "lines": n_lines, "skipped": dict(skipped)}
 
 
 def looks_like_header(pair: Pair) -> bool:
@@ -141,6 +186,52 @@ class PairDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[list[int], list[int], str, str]:
         return self.src_ids[i], self.tgt_ids[i], self.sources[i], self.targets[i]
+
+
+class ShardedPairs(Dataset):
+    """The pairs of a TSV file from its memory-mapped shards (``encode_pairs``), those at ``keep`` only (the indices
+    of the pairs that fit ``max_len``); lengths count the [EOS] and [BOS]/[EOS] added, like ``PairDataset``'s."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], keep: np.ndarray) -> None:
+        dtype = np.dtype(manifest["options"]["dtype"])
+        shards = manifest["shards"]
+
+        def arrays(field: str, kind: np.dtype, count: str) -> Concatenated:
+            return Concatenated([load_array(folder, s, field, kind, s[count]) for s in shards])
+
+        self.src, self.tgt = arrays("src", dtype, "src_tokens"), arrays("tgt", dtype, "tgt_tokens")
+        self.text = arrays("text", np.uint8, "text_bytes")
+        src_len, tgt_len = arrays("src_len", np.uint32, "pairs").all(), arrays("tgt_len", np.uint32, "pairs").all()
+        # global offsets of every pair's ids and text: [pairs + 1]
+        self.src_start = np.concatenate([[0], np.cumsum(src_len, dtype=np.int64)])
+        self.tgt_start = np.concatenate([[0], np.cumsum(tgt_len, dtype=np.int64)])
+        self.text_start = np.concatenate([[0], *(_global_ends(folder, shards))])
+        self.keep = keep
+        self.src_lengths = (src_len[keep].astype(np.int64) + 1).tolist()  # + [EOS]
+        self.tgt_lengths = (tgt_len[keep].astype(np.int64) + 1).tolist()  # [BOS] + ids, or ids + [EOS]
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def pair_text(self, j: int) -> Pair:
+        """(source, target) of pair ``j`` of the file (not of ``keep``)."""
+        source, target = self.text.span(int(self.text_start[j]), int(self.text_start[j + 1])).tobytes().decode() \
+            .split("\t")
+        return source, target
+
+    def __getitem__(self, i: int) -> tuple[list[int], list[int], str, str]:
+        j = int(self.keep[i])
+        source, target = self.pair_text(j)
+        return (self.src.span(int(self.src_start[j]), int(self.src_start[j + 1])).tolist(),
+                self.tgt.span(int(self.tgt_start[j]), int(self.tgt_start[j + 1])).tolist(), source, target)
+
+
+def _global_ends(folder: Path, shards: list[dict[str, Any]]) -> Iterator[np.ndarray]:
+    """Each shard's text end offsets, shifted by the shards before it."""
+    offset = 0
+    for shard in shards:
+        yield load_array(folder, shard, "text_end", np.uint64, shard["pairs"]).astype(np.int64) + offset
+        offset += shard["text_bytes"]
 
 
 class PairCollator:
@@ -280,7 +371,9 @@ class ParallelDataModule(TokenizedData, L.LightningDataModule):
         test_file: str | None = None,
         # the options of both token data modules (data/tokenizer.py checks the tokenizer's alike)
         tokenizer_path: str | None = None, vocab_size: int = 8000, min_frequency: int = 2, lowercase: bool = False,
-        num_workers: int = 0, cache_dir: str = ".cache",
+        num_workers: int = 0, cache_dir: str = ".cache", tokenize_processes: int | None = None,
+        # Hugging Face datasets as files (hf:<path>): their columns
+        source_column: str = "source", target_column: str = "target",
         # batching by token budget
         max_len: int = 128, max_tokens: int = 4096, eval_max_tokens: int = 8192, sort_chunk: int = 8192,
         # the synthetic reversal task (task: synthetic)
@@ -315,55 +408,73 @@ class ParallelDataModule(TokenizedData, L.LightningDataModule):
                                 ("test", synthetic_test_size)):
                 positive(f"data.synthetic_{split}_size", size)
         self.save_hyperparameters()
+        self.cache_dir = Path(cache_dir).expanduser()
         self.files: dict[str, Path | None] = {}
         if task == "tsv":  # resolved now: a missing file stops the run before anything heavy starts
-            self.files = {"train": _tsv(train_file, "train_file"), "val": _tsv(val_file, "val_file"),
-                          "test": _tsv(test_file, "test_file") if test_file is not None else None}
-        self.cache_dir = Path(cache_dir).expanduser()
+            self.files = {"train": self._tsv(train_file, "train_file"), "val": self._tsv(val_file, "val_file"),
+                          "test": self._tsv(test_file, "test_file") if test_file is not None else None}
         self.tokenizer: Tokenizer | None = None
-        self.datasets: dict[str, PairDataset] = {}
-        self._read: dict[str, tuple[list[Pair], Counter, int]] = {}
+        self.datasets: dict[str, PairDataset | ShardedPairs] = {}
+
+    def _tsv(self, entry: str | None, key: str) -> Path:
+        if is_dataset(entry):  # its two columns, written once to a cached TSV file
+            h = self.hparams
+            return tsv_file(entry, h.source_column, h.target_column, self.cache_dir, key)
+        return _tsv(entry, key)
 
     # ---------------------------------------------------------------- preparing (cached)
     @prepare_once
     def prepare_data(self) -> None:
-        """Train (or find) the BPE tokenizer: one process per node."""
+        """Train (or find) the BPE tokenizer and tokenize every file into the cache: one process per node."""
         if self.hparams.task == "tsv":
-            self._tokenizer_file()
+            tokenizer = load_tokenizer(self._tokenizer_file(), SEQ2SEQ_SPECIAL_TOKENS)
+            for split in SPLITS:
+                if self.files[split] is not None:
+                    self._token_ids(split, tokenizer)
 
     def _tokenizer_file(self) -> Path:
         if self.hparams.tokenizer_path:
             return Path(self.hparams.tokenizer_path).expanduser()
 
-        def corpus() -> list[str]:  # both sides of the training pairs: one joint vocabulary
-            pairs = self._pairs("train")
-            return ["\n".join(s for s, _ in pairs), "\n".join(t for _, t in pairs)]
+        def corpus() -> Iterator[str]:  # both sides of the training pairs, streamed: one joint vocabulary
+            for text in text_chunks([self.files["train"]]):
+                pairs = parse_pairs(text)[0]
+                yield "\n".join(s for s, _ in pairs)
+                yield "\n".join(t for _, t in pairs)
 
         return load_or_train_tokenizer(
             [self.files["train"]], corpus, self.cache_dir, self.hparams.vocab_size,
             self.hparams.min_frequency, self.hparams.lowercase, kind="bpe",
         )
 
-    def _pairs(self, split: str) -> list[Pair]:
-        """The well-formed pairs of a split (read once; skipped lines are reported with the length check)."""
-        if split not in self._read:
-            h = self.hparams
-            if h.task == "synthetic":
-                size = {"train": h.synthetic_train_size, "val": h.synthetic_val_size, "test": h.synthetic_test_size}
-                pairs = synthetic_pairs(size[split], h.synthetic_min_len, h.synthetic_max_len, h.synthetic_symbols,
-                                        seed=f"{h.synthetic_seed}-{split}")
-                self._read[split] = (pairs, Counter(), len(pairs))
-            else:
-                self._read[split] = read_tsv(self.files[split])
-                if not self._read[split][0]:
-                    self._no_pairs(split)
-                self._warn_header(split)
-            if split == "train":
-                self._check_train_size(len(self._read[split][0]), 2 * h.max_len)
-        return self._read[split][0]
+    def _token_ids(self, split: str, tokenizer: Tokenizer) -> tuple[Path, dict[str, Any]]:
+        """(folder, manifest) of the file's memory-mapped pair shards, tokenized on a miss; refuses a file without
+        a well-formed pair, and a training file smaller than one batch."""
+        path = self.files[split]
+        tok_hash = cache_key(tokenizer.to_str())
+        folder = self.cache_dir / "tokens" / cache_key(file_fingerprint([path]), tok_hash, PAIRS_FORMAT, SHARDS_FORMAT)
+        if not (folder / "manifest.json").is_file():
+            next(text_chunks([path]), None)  # its encoding checks, before any worker starts
+        dtype = id_dtype(tokenizer.get_vocab_size())
+        manifest = build(folder, jobs_for([path]), encode_pairs, tokenizer, {"dtype": dtype.str},
+                         what=f"{split} ({path})", processes=self.hparams.tokenize_processes)
+        n_pairs = sum(s["pairs"] for s in manifest["shards"])
+        if not n_pairs:
+            self._no_pairs(split, _skipped(manifest), _lines(manifest))
+        if split == "train":
+            self._check_train_size(n_pairs, 2 * self.hparams.max_len)
+        return folder, manifest
 
-    def _warn_header(self, split: str) -> None:
-        first = self._read[split][0][0]
+    def _synthetic(self, split: str) -> list[Pair]:
+        h = self.hparams
+        size = {"train": h.synthetic_train_size, "val": h.synthetic_val_size, "test": h.synthetic_test_size}
+        pairs = synthetic_pairs(size[split], h.synthetic_min_len, h.synthetic_max_len, h.synthetic_symbols,
+                                seed=f"{h.synthetic_seed}-{split}")
+        if split == "train":
+            self._check_train_size(len(pairs), 2 * h.max_len)
+        return pairs
+
+    def _warn_header(self, split: str, first: Pair) -> None:
         if looks_like_header(first):
             log.warning("%s (data.%s_file): the first pair %r looks like a header of column names; it is trained on "
                         "as a pair: delete that line if it is one", self.files[split], split, "\t".join(first))
@@ -382,8 +493,7 @@ class ParallelDataModule(TokenizedData, L.LightningDataModule):
                           f"batch (data.max_tokens={h.max_tokens} padded tokens), so every step would repeat the "
                           f"same batch. Fix: {fix}")
 
-    def _no_pairs(self, split: str) -> None:
-        _, skipped, n_lines = self._read[split]
+    def _no_pairs(self, split: str, skipped: Counter, n_lines: int) -> None:
         raise CorpusError(
             f"no usable source<TAB>target pair in {self.files[split]} (data.{split}_file): {n_lines} lines, "
             f"skipped {_reasons(skipped) or 'none'}. Each line needs a source, one tab and a target, "
@@ -406,7 +516,6 @@ class ParallelDataModule(TokenizedData, L.LightningDataModule):
                 if self.hparams.task == "synthetic" or self.files[split] is not None:
                     self.datasets[split] = self._dataset(split)
             self.datasets.setdefault("test", self.datasets["val"])
-            self._read.clear()
             train = self.datasets["train"]  # its padded size, now that its lengths are known
             self._check_train_size(len(train), max(train.src_lengths) + max(train.tgt_lengths))
             for split in ("train", "val"):
@@ -414,25 +523,38 @@ class ParallelDataModule(TokenizedData, L.LightningDataModule):
                 log.info("%s: %d pairs in %d batches of <= %d padded tokens, %.1f%% padding", split,
                          len(self.datasets[split]), len(sampler), sampler.max_tokens, 100 * sampler.padding_share())
 
-    def _dataset(self, split: str) -> PairDataset:
-        pairs = self._pairs(split)
-        sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
-        src_ids, tgt_ids = encode_texts(self.tokenizer, sources), encode_texts(self.tokenizer, targets)
+    def _dataset(self, split: str) -> PairDataset | ShardedPairs:
+        """The split's pairs that fit ``max_len``; the others are counted in one warning."""
         limit = self.hparams.max_len - 1  # room for [EOS] (source) or [BOS]/[EOS] (target)
-        keep = [i for i in range(len(pairs)) if 0 < len(src_ids[i]) <= limit and 0 < len(tgt_ids[i]) <= limit]
-        _, skipped, n_lines = self._read[split]
-        too_long = sum(1 for i in range(len(pairs)) if len(src_ids[i]) > limit or len(tgt_ids[i]) > limit)
+        if self.hparams.task == "synthetic":
+            pairs = self._synthetic(split)
+            sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
+            src_ids, tgt_ids = encode_texts(self.tokenizer, sources), encode_texts(self.tokenizer, targets)
+            src_len, tgt_len = np.array([len(x) for x in src_ids]), np.array([len(x) for x in tgt_ids])
+            skipped, n_lines = Counter(), len(pairs)
+        else:
+            folder, manifest = self._token_ids(split, self.tokenizer)
+            dataset = ShardedPairs(folder, manifest, np.empty(0, dtype=np.int64))
+            src_len, tgt_len = np.diff(dataset.src_start), np.diff(dataset.tgt_start)
+            skipped, n_lines = _skipped(manifest), _lines(manifest)
+        fits = (src_len > 0) & (src_len <= limit) & (tgt_len > 0) & (tgt_len <= limit)
+        too_long = int(((src_len > limit) | (tgt_len > limit)).sum())
         if too_long:
             skipped["too long"] += too_long
-        if len(keep) + too_long < len(pairs):  # a side that encodes to nothing (e.g. only control characters)
-            skipped["no tokens"] += len(pairs) - len(keep) - too_long
+        if int(fits.sum()) + too_long < len(fits):  # a side that encodes to nothing (e.g. only control characters)
+            skipped["no tokens"] += len(fits) - int(fits.sum()) - too_long
         if skipped:
             log.warning("%s: skipped %d of %d lines (%s)", self.files.get(split) or f"synthetic {split}",
                         sum(skipped.values()), n_lines, _reasons(skipped))
-        if not keep:
-            self._no_pairs(split)
-        return PairDataset([src_ids[i] for i in keep], [tgt_ids[i] for i in keep],
-                           [sources[i] for i in keep], [targets[i] for i in keep])
+        if not fits.any():
+            self._no_pairs(split, skipped, n_lines)
+        keep = np.flatnonzero(fits)
+        if self.hparams.task == "synthetic":
+            return PairDataset([src_ids[i] for i in keep], [tgt_ids[i] for i in keep],
+                               [sources[i] for i in keep], [targets[i] for i in keep])
+        dataset = ShardedPairs(folder, manifest, keep)
+        self._warn_header(split, dataset.pair_text(0))
+        return dataset
 
     # ---------------------------------------------------------------- loaders
     def train_dataloader(self) -> DataLoader:
@@ -482,6 +604,14 @@ def _tsv(path: str | None, key: str) -> Path:
             f"pairs/en-fr/, or point data.{key} at your own UTF-8 file of source<TAB>target lines"
         )
     return resolved
+
+
+def _skipped(manifest: dict[str, Any]) -> Counter:
+    return sum((Counter(s["skipped"]) for s in manifest["shards"]), Counter())
+
+
+def _lines(manifest: dict[str, Any]) -> int:
+    return sum(s["lines"] for s in manifest["shards"])
 
 
 def _reasons(skipped: Counter) -> str:

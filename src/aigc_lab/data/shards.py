@@ -63,10 +63,11 @@ class Job:
             return f.read(self.end - self.start)
 
 
-def line_ranges(path: Path, chunk_bytes: int = CHUNK_BYTES) -> list[tuple[int, int]]:
-    """Byte ranges of about ``chunk_bytes`` that cover the file, each ending just after a ``\\n`` (or at the end).
-    A ``\\n`` byte is never inside a UTF-8 sequence, so each range decodes on its own."""
+def line_ranges(path: Path, chunk_bytes: int | None = None) -> list[tuple[int, int]]:
+    """Byte ranges of about ``chunk_bytes`` (None: ``CHUNK_BYTES``) that cover the file, each ending just after a
+    ``\\n`` (or at the end). A ``\\n`` byte is never inside a UTF-8 sequence, so each range decodes on its own."""
     size = Path(path).stat().st_size
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
     ranges, start = [], 0
     with open(path, "rb") as f:
         while start < size:
@@ -78,7 +79,7 @@ def line_ranges(path: Path, chunk_bytes: int = CHUNK_BYTES) -> list[tuple[int, i
     return ranges
 
 
-def jobs_for(files: Sequence[Path], chunk_bytes: int = CHUNK_BYTES) -> list[Job]:
+def jobs_for(files: Sequence[Path], chunk_bytes: int | None = None) -> list[Job]:
     """The jobs of a split, in file order: the shards concatenated are the files' records in order."""
     jobs = []
     for path in files:
@@ -239,6 +240,8 @@ class Concatenated:
         return int(self.starts[-1])
 
     def span(self, start: int, stop: int) -> np.ndarray:
+        if start >= stop:
+            return np.empty(0, dtype=self.arrays[0].dtype if self.arrays else np.uint8)
         first = int(np.searchsorted(self.starts, start, side="right")) - 1
         pieces = []
         while start < stop:

@@ -1,5 +1,13 @@
-"""BERT-style masked language model: token + learned position embeddings, pre-LayerNorm Transformer
-encoder blocks, a final LayerNorm and an output layer tied to the token embedding (with its own bias).
+"""BERT-style masked language model: token + learned position embeddings and an embedding LayerNorm,
+pre-LayerNorm Transformer encoder blocks, a final LayerNorm, a head transform (dense, GELU, LayerNorm) and an
+output layer tied to the token embedding (with its own bias).
+
+    x_0 = Dropout(LN_emb(E[ids] + P[0..T-1]))
+    h   = LN_f(Block_L(... Block_1(x_0)))
+    logits = LN_head(GELU(W_head h + b_head)) E^T + b_out
+
+This is RoBERTa-PreLayerNorm's layout, which ``python -m aigc_lab.export format=hf`` maps onto (hf_export.py).
+``layout="plain"`` drops LN_emb and the head transform: the layout of checkpoints saved before they existed.
 
 Shapes: B = batch, T = sequence length (<= max_len), D = d_model, V = vocab_size, M = masked positions.
 """
@@ -9,9 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from aigc_lab.models.transformer import Encoder, check_transformer_config, embed, init_transformer_weights, rename_keys
+
+LAYOUTS = ("bert", "plain")
 
 
 @dataclass
@@ -23,9 +34,26 @@ class MLMConfig:
     mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * d_model
     max_len: int = 128  # size of the learned position table: the longest sequence the model reads
     dropout: float = 0.1
+    # bert: an embedding LayerNorm and a head transform before the output layer, as BERT and RoBERTa have;
+    # plain: neither (checkpoints saved before they existed load with it: systems/mlm.py)
+    layout: str = "bert"
 
     def __post_init__(self) -> None:
         check_transformer_config(self, ("vocab_size", "n_layers", "d_model", "n_heads", "max_len"))
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+
+
+class HeadTransform(nn.Module):
+    """BERT's prediction-head transform of the final hidden states: LN(GELU(W h + b)), [..., D] -> [..., D]."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(d_model, d_model)
+        self.ln = nn.LayerNorm(d_model)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.ln(F.gelu(self.fc(hidden)))
 
 
 class MaskedLM(nn.Module):
@@ -34,10 +62,13 @@ class MaskedLM(nn.Module):
     def __init__(self, cfg: MLMConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        bert = cfg.layout == "bert"
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.emb_ln = nn.LayerNorm(cfg.d_model) if bert else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
         self.encoder = Encoder(cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.mlp_ratio, cfg.dropout)
+        self.head = HeadTransform(cfg.d_model) if bert else nn.Identity()
         # The output projection is tok_emb.weight (tied); only its bias is a parameter of its own.
         self.out_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         self.apply(init_transformer_weights)
@@ -47,14 +78,16 @@ class MaskedLM(nn.Module):
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [B, T] -> final hidden states [B, T, D]. attention_mask [B, T]: 1 = token, 0 = pad;
         None means no padding (the faster unmasked attention path)."""
-        return self.encoder(self.drop(embed(self.tok_emb, self.pos_emb, input_ids)), attention_mask)
+        x = self.drop(self.emb_ln(embed(self.tok_emb, self.pos_emb, input_ids)))  # [B, T, D]
+        return self.encoder(x, attention_mask)
 
     def logits_at(self, hidden: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Vocabulary logits of hidden [B, T, D]: at every position ([B, T, V]), or only where the
-        boolean ``positions`` [B, T] is True ([M, V], row-major order, like ``labels[positions]``)."""
+        boolean ``positions`` [B, T] is True ([M, V], row-major order, like ``labels[positions]``).
+        The head transform, too, runs on the selected rows only."""
         if positions is not None:
             hidden = hidden[positions]  # [M, D]
-        return nn.functional.linear(hidden, self.tok_emb.weight, self.out_bias)
+        return F.linear(self.head(hidden), self.tok_emb.weight, self.out_bias)
 
     def forward(
         self,
@@ -65,6 +98,11 @@ class MaskedLM(nn.Module):
         """Logits [B, T, V], or [M, V] at the masked ``positions`` [B, T] only: projecting every
         position onto the vocabulary would dominate the cost of training."""
         return self.logits_at(self.encode(input_ids, attention_mask), positions)
+
+
+def layout_of(state_dict: dict[str, torch.Tensor], prefix: str = "") -> str:
+    """The layout a saved state dict was written with: ``plain`` when it has no embedding LayerNorm."""
+    return "bert" if f"{prefix}emb_ln.weight" in state_dict else "plain"
 
 
 def _earlier_layout(state_dict: dict[str, torch.Tensor], prefix: str, *args: object) -> None:

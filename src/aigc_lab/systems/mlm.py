@@ -15,6 +15,7 @@ layer, and the position table), not to biases or LayerNorm weights.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from functools import partial
 from typing import Any, Literal
 
@@ -25,9 +26,10 @@ from tokenizers import Tokenizer
 
 from aigc_lab.data.masking import IGNORE_INDEX
 from aigc_lab.data.tokenizer import MASK, SPECIAL_TOKENS
-from aigc_lab.models.mlm import MaskedLM, MLMConfig
+from aigc_lab.errors import UserError
+from aigc_lab.models.mlm import MaskedLM, MLMConfig, layout_of
 from aigc_lab.systems.flops import output_flops, stack_flops
-from aigc_lab.systems.spec import SystemSpec, register
+from aigc_lab.systems.spec import SystemSpec, register, sub_state_dict
 from aigc_lab.systems.token_system import TokenSystem, saved_vocab_size
 from aigc_lab.utils.memory import (
     TRAIN_STATE_BYTES,
@@ -56,14 +58,15 @@ def mlm_train_flops(system: MLMSystem, batch: Batch) -> int:
     masked = int((batch["labels"] != IGNORE_INDEX).sum())
     body = stack_flops(param_count(model.encoder), cfg.n_layers, cfg.d_model, batch["input_ids"].shape[1],
                        mlm_tokens(system, batch))
-    return body + output_flops(masked, cfg.vocab_size, cfg.d_model)
+    head = output_flops(masked, cfg.d_model, cfg.d_model) if cfg.layout == "bert" else 0  # the head transform
+    return body + head + output_flops(masked, cfg.vocab_size, cfg.d_model)
 
 
 
 SPEC = register(SystemSpec(
     name="mlm", describes="a masked LM (experiment=mlm_*)", data_option="text",
     net_config=MLMConfig, checkpoint_key="mlm_config",
-    inference="aigc_lab.fill_mask:run",
+    inference="aigc_lab.fill_mask:run", export={"hf": "aigc_lab.hf_export:export_mlm"},
     count_samples=lambda batch: len(batch["input_ids"]), count_tokens=mlm_tokens, train_flops=mlm_train_flops,
 ))
 
@@ -80,7 +83,7 @@ class MLMSystem(TokenSystem):
         # the training options both token systems take (TokenSystem.check_options checks them)
         lr: float = 5e-4, schedule: Literal["cosine", "linear", "constant"] = "cosine", warmup_ratio: float = 0.06,
         min_lr_ratio: float = 0.0, num_examples: int = 3, nonfinite_loss: Literal["stop", "skip"] = "stop",
-        example_top_k: int = 3,
+        example_top_k: int = 3, init_from: str | None = None,
     ) -> None:
         """``net``: a partial ``MLMConfig`` completed with the tokenizer's vocabulary size (or a full
         config, then its vocab_size must match the tokenizer). ``lr`` is the peak learning rate, read
@@ -88,7 +91,8 @@ class MLMSystem(TokenSystem):
         ``warmup_ratio`` of the training steps, then decays (cosine or linear) to ``min_lr_ratio * lr``.
         ``num_examples`` validation sequences are shown with their ``example_top_k`` predictions per
         [MASK] in TensorBoard's TEXT tab. ``nonfinite_loss``: a NaN/inf loss stops the run or skips the step
-        (``systems/guards.py``)."""
+        (``systems/guards.py``). ``init_from``: a folder written by ``python -m aigc_lab.export format=hf`` whose
+        weights a new training run starts from (its network and tokenizer must be the run's)."""
         super().__init__()
         self.check_options(net, optimizer, lr, schedule, ("cosine", "linear", "constant"), warmup_ratio,
                            min_lr_ratio, num_examples, nonfinite_loss)
@@ -96,6 +100,55 @@ class MLMSystem(TokenSystem):
         self.save_hyperparameters(logger=False)
         self.init_network(net)
         self._examples: Batch | None = None
+        self._initialized = False  # the weights of model.init_from are loaded
+
+    # ---------------------------------------------------------------- building and checkpoints
+    def configure_model(self) -> None:
+        super().configure_model()
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # no trainer: nothing to start from
+            return
+        # A new training run only: a resumed one (ckpt_path) continues from its checkpoint's weights.
+        if self.hparams.init_from and trainer.state.fn == "fit" and not trainer.ckpt_path and not self._initialized:
+            self.init_from_folder(str(self.hparams.init_from))
+
+    def init_from_folder(self, path: str) -> None:
+        """Load the weights of an exported folder (hf_export.py) into the model, after checking that its tokenizer
+        and network are the run's (a UserError names the overrides that make them so)."""
+        from tokenizers import Tokenizer
+
+        from aigc_lab.models.hf_mlm import load_mlm_folder
+
+        net, state, tokenizer_json = load_mlm_folder(path)
+        use_its = f"data.tokenizer_path={path.rstrip('/')}/tokenizer.json"
+        if tokenizer_json is not None and Tokenizer.from_str(tokenizer_json).get_vocab() != self.tokenizer.get_vocab():
+            raise UserError(f"model.init_from={path} was trained with another tokenizer than the data's: set {use_its}")
+        if net.vocab_size != self.cfg.vocab_size:
+            raise UserError(f"model.init_from={path} has {net.vocab_size} tokens, the data's tokenizer "
+                            f"{self.cfg.vocab_size}: set {use_its}")
+        fields = ("n_layers", "d_model", "n_heads", "mlp_ratio", "max_len")
+        differ = [f"model.net.{k}={getattr(net, k)}" for k in fields if getattr(net, k) != getattr(self.cfg, k)]
+        if differ or self.cfg.layout != "bert":
+            raise UserError(f"model.init_from={path} is another network than model.net: set {' '.join(differ)}"
+                            + ("" if self.cfg.layout == "bert" else " model.net.layout=bert"))
+        self.model.load_state_dict(state)
+        self._initialized = True
+
+    @classmethod
+    def saved_config(cls, checkpoint: dict[str, Any]) -> MLMConfig:
+        """The saved network config; checkpoints from before ``layout`` existed get the one of their weights."""
+        saved = dict(checkpoint[cls.spec.checkpoint_key])
+        saved.setdefault("layout", layout_of(sub_state_dict(checkpoint["state_dict"], "model.")))
+        return MLMConfig(**saved)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        # A model built from today's config (eval, a resume) takes the layout of an older checkpoint's weights.
+        layout = self.saved_config(checkpoint).layout
+        if self.cfg.layout != layout:
+            self.cfg = replace(self.cfg, layout=layout)
+            self.model = MaskedLM(self.cfg)
 
     # ---------------------------------------------------------------- sizes (checked before any data work)
     def memory_needs(self, datamodule: Any, stage: str = "fit") -> list[Need]:
@@ -113,7 +166,7 @@ class MLMSystem(TokenSystem):
         def batch(batch_key: str, training: bool, state_bytes: int) -> Need:
             def parts(sizes: dict[str, int]) -> list:
                 length, vocab = sizes["data.block_size"], sizes.get("data.vocab_size", fixed_vocab)
-                params = mlm_params(shape, vocab, cfg.max_len if own_positions else length)
+                params = mlm_params(shape, vocab, cfg.max_len if own_positions else length, cfg.layout == "bert")
                 b = sizes[batch_key]
                 masked = math.ceil(h.mask_rate * b * length)  # logits only at the masked positions
                 return transformer_parts(shape, params, b, length, logit_rows=masked, vocab=vocab,

@@ -78,7 +78,7 @@ def seq2seq_train_flops(system: Seq2SeqSystem, batch: Batch) -> int:
 SPEC = register(SystemSpec(
     name="seq2seq", describes="a seq2seq model (experiment=seq2seq_*)", data_option="parallel",
     net_config=Seq2SeqConfig, checkpoint_key="seq2seq_config",
-    inference="aigc_lab.translate:run",
+    inference="aigc_lab.translate:run", export={"hf": "aigc_lab.hf_seq2seq:export_seq2seq"},
     count_samples=lambda batch: len(batch["src"]), count_tokens=target_tokens, train_flops=seq2seq_train_flops,
 ))
 

@@ -132,9 +132,14 @@ class TokenSystem(System):
         key = cls.spec.checkpoint_key
         if key not in ckpt or not ckpt.get(TOKENIZER_KEY):
             raise UserError(f"this checkpoint is not {cls.spec.describes}'s (no {key}/{TOKENIZER_KEY})")
-        model = cls.model_class(cls.spec.net_config(**ckpt[key]))
+        model = cls.model_class(cls.saved_config(ckpt))
         model.load_state_dict(sub_state_dict(ckpt["state_dict"], "model."))
         return model.eval(), tokenizer_from_json(ckpt[TOKENIZER_KEY], cls.special_tokens)
+
+    @classmethod
+    def saved_config(cls, checkpoint: dict[str, Any]) -> Any:
+        """The network config a checkpoint of this system was saved with."""
+        return cls.spec.net_config(**checkpoint[cls.spec.checkpoint_key])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -152,7 +157,7 @@ class TokenSystem(System):
         if saved is not None and self.tokenizer is None:
             self.tokenizer = tokenizer_from_json(saved, self.special_tokens)
         if self.model is None:  # load_from_checkpoint outside a trainer: build from the saved config
-            self.cfg = self.spec.net_config(**checkpoint[self.spec.checkpoint_key])
+            self.cfg = self.saved_config(checkpoint)
             self.model = self.model_class(self.cfg)
 
 
