@@ -15,6 +15,8 @@ and its leftovers are removed by the next build.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import multiprocessing
@@ -24,7 +26,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ SHARDS_FORMAT = 1  # part of the cache keys: bump when the layout below changes
 CHUNK_BYTES = 8 * 1024 * 1024  # text per shard: a worker holds one chunk and its encodings at a time
 ENCODE_BATCH = 2000  # lines per encode_batch call inside a worker
 MANIFEST = "manifest.json"
+PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -106,12 +108,22 @@ def _start_worker(tokenizer_json: str) -> None:
     # One thread per worker process: the processes are the parallelism (and a forked tokenizers would warn).
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle: it stops the pool
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _exit_with_parent()
     global _worker_tokenizer
     _worker_tokenizer = Tokenizer.from_str(tokenizer_json)
 
 
-def _run_job(encode: Encoder, job: Job, tmp: Path, options: dict[str, Any]) -> dict[str, Any]:
-    return encode(job, tmp, _worker_tokenizer, options)
+def _exit_with_parent() -> None:
+    """Linux: this worker gets SIGTERM when the process that started it dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _run_job(task: tuple[int, Encoder, Job, Path, dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    i, encode, job, tmp, options = task
+    return i, encode(job, tmp, _worker_tokenizer, options)
 
 
 def default_processes() -> int:
@@ -166,16 +178,16 @@ def _encode_all(jobs: Sequence[Job], encode: Encoder, tokenizer: Tokenizer, opti
                 bar.update(job.end - job.start)
         else:
             context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-            pool = ProcessPoolExecutor(min(processes, len(jobs)), mp_context=context, initializer=_start_worker,
-                                       initargs=(tokenizer.to_str(),))
+            pool = context.Pool(min(processes, len(jobs)), _start_worker, (tokenizer.to_str(),))
             try:
-                futures = {pool.submit(_run_job, encode, job, tmp, options): i for i, job in enumerate(jobs)}
-                for future in as_completed(futures):
-                    i = futures[future]
-                    stats[i] = future.result()
+                tasks = [(i, encode, job, tmp, options) for i, job in enumerate(jobs)]
+                for i, shard_stats in pool.imap_unordered(_run_job, tasks):
+                    stats[i] = shard_stats
                     bar.update(jobs[i].end - jobs[i].start)
-            finally:  # on an error or a signal, the jobs not started are dropped, not waited for
-                pool.shutdown(wait=True, cancel_futures=True)
+                pool.close()
+            finally:  # after an error or a signal too: the workers are stopped at once, not waited for
+                pool.terminate()
+                pool.join()
     finally:
         bar.close()
     return stats
