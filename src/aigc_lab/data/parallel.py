@@ -41,19 +41,9 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from aigc_lab.data import shards
 from aigc_lab.data.hf_datasets import is_dataset, tsv_file
 from aigc_lab.data.prepared import prepare_once
-from aigc_lab.data.shards import (
-    ENCODE_BATCH,
-    SHARDS_FORMAT,
-    Concatenated,
-    Job,
-    build,
-    decode,
-    id_dtype,
-    jobs_for,
-    load_array,
-)
 from aigc_lab.data.tokenizer import (
     BOS,
     EOS,
@@ -112,15 +102,15 @@ def parse_pairs(text: str) -> tuple[list[Pair], Counter, int]:
     return pairs, skipped, len(lines)
 
 
-def encode_pairs(job: Job, tmp: Path, tokenizer: Tokenizer, options: dict[str, Any]) -> dict[str, Any]:
+def encode_pairs(job: shards.Job, tmp: Path, tokenizer: Tokenizer, options: dict[str, Any]) -> dict[str, Any]:
     """One shard of a TSV file (data/shards.py): of each well-formed pair, the ids of both sides without special
     tokens (``<name>.src``, ``<name>.tgt``, flat, ``options["dtype"]``), their lengths (``.src_len``, ``.tgt_len``,
     uint32) and its text, ``source<TAB>target`` in UTF-8 (``.text``, with ``.text_end``: uint64 end offsets)."""
-    pairs, skipped, n_lines = parse_pairs(decode(job.read())[0])
+    pairs, skipped, n_lines = parse_pairs(shards.decode(job.read())[0])
     lengths: dict[str, list[int]] = {"src": [], "tgt": []}
     with open(tmp / f"{job.name}.src", "wb") as src_out, open(tmp / f"{job.name}.tgt", "wb") as tgt_out:
-        for i in range(0, len(pairs), ENCODE_BATCH):
-            batch = pairs[i : i + ENCODE_BATCH]
+        for i in range(0, len(pairs), shards.ENCODE_BATCH):
+            batch = pairs[i : i + shards.ENCODE_BATCH]
             for side, out, texts in (("src", src_out, [s for s, _ in batch]), ("tgt", tgt_out, [t for _, t in batch])):
                 ids = encode_texts(tokenizer, texts)
                 sizes = [len(row) for row in ids]
@@ -194,10 +184,10 @@ class ShardedPairs(Dataset):
 
     def __init__(self, folder: Path, manifest: dict[str, Any], keep: np.ndarray) -> None:
         dtype = np.dtype(manifest["options"]["dtype"])
-        shards = manifest["shards"]
+        parts = manifest["shards"]
 
-        def arrays(field: str, kind: np.dtype, count: str) -> Concatenated:
-            return Concatenated([load_array(folder, s, field, kind, s[count]) for s in shards])
+        def arrays(field: str, kind: np.dtype, count: str) -> shards.Concatenated:
+            return shards.Concatenated([shards.load_array(folder, s, field, kind, s[count]) for s in parts])
 
         self.src, self.tgt = arrays("src", dtype, "src_tokens"), arrays("tgt", dtype, "tgt_tokens")
         self.text = arrays("text", np.uint8, "text_bytes")
@@ -205,7 +195,7 @@ class ShardedPairs(Dataset):
         # global offsets of every pair's ids and text: [pairs + 1]
         self.src_start = np.concatenate([[0], np.cumsum(src_len, dtype=np.int64)])
         self.tgt_start = np.concatenate([[0], np.cumsum(tgt_len, dtype=np.int64)])
-        self.text_start = np.concatenate([[0], *(_global_ends(folder, shards))])
+        self.text_start = np.concatenate([[0], *(_global_ends(folder, parts))])
         self.keep = keep
         self.src_lengths = (src_len[keep].astype(np.int64) + 1).tolist()  # + [EOS]
         self.tgt_lengths = (tgt_len[keep].astype(np.int64) + 1).tolist()  # [BOS] + ids, or ids + [EOS]
@@ -226,11 +216,11 @@ class ShardedPairs(Dataset):
                 self.tgt.span(int(self.tgt_start[j]), int(self.tgt_start[j + 1])).tolist(), source, target)
 
 
-def _global_ends(folder: Path, shards: list[dict[str, Any]]) -> Iterator[np.ndarray]:
+def _global_ends(folder: Path, parts: list[dict[str, Any]]) -> Iterator[np.ndarray]:
     """Each shard's text end offsets, shifted by the shards before it."""
     offset = 0
-    for shard in shards:
-        yield load_array(folder, shard, "text_end", np.uint64, shard["pairs"]).astype(np.int64) + offset
+    for shard in parts:
+        yield shards.load_array(folder, shard, "text_end", np.uint64, shard["pairs"]).astype(np.int64) + offset
         offset += shard["text_bytes"]
 
 
@@ -452,11 +442,12 @@ class ParallelDataModule(TokenizedData, L.LightningDataModule):
         a well-formed pair, and a training file smaller than one batch."""
         path = self.files[split]
         tok_hash = cache_key(tokenizer.to_str())
-        folder = self.cache_dir / "tokens" / cache_key(file_fingerprint([path]), tok_hash, PAIRS_FORMAT, SHARDS_FORMAT)
+        key = cache_key(file_fingerprint([path]), tok_hash, PAIRS_FORMAT, shards.SHARDS_FORMAT)
+        folder = self.cache_dir / "tokens" / key
         if not (folder / "manifest.json").is_file():
             next(text_chunks([path]), None)  # its encoding checks, before any worker starts
-        dtype = id_dtype(tokenizer.get_vocab_size())
-        manifest = build(folder, jobs_for([path]), encode_pairs, tokenizer, {"dtype": dtype.str},
+        dtype = shards.id_dtype(tokenizer.get_vocab_size())
+        manifest = shards.build(folder, shards.jobs_for([path]), encode_pairs, tokenizer, {"dtype": dtype.str},
                          what=f"{split} ({path})", processes=self.hparams.tokenize_processes)
         n_pairs = sum(s["pairs"] for s in manifest["shards"])
         if not n_pairs:
