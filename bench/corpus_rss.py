@@ -58,9 +58,9 @@ def main() -> None:
         print(f"{mb} MB: {result}", flush=True)
     first = rows[0][2]["peak_gb"]
     print("\n| training corpus | tokens | train-split tokenizing s (MB/s) | whole command s | peak RSS GB | "
-          "growth over the first MB |")
+          "growth over the first, MB |")
     print("|---|---|---|---|---|---|")
-    for mb, size, r in rows:
+    for _, size, r in rows:
         print(f"| {size:.0f} MB | {r['tokens']:,} | {r['tokenize_s']:.0f} ({r['mb_s']:.1f}) | {r['wall_s']:.0f} | "
               f"{r['peak_gb']:.2f} | {1000 * (r['peak_gb'] - first):+.0f} |")
 

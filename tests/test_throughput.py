@@ -60,10 +60,12 @@ def test_mlm_formula_by_hand():
     # one sequence of 5 positions: 3 tokens and 2 pads, 2 of the tokens masked.
     encoder = torch.nn.ModuleList([torch.nn.Linear(3, 2), torch.nn.Linear(3, 2), torch.nn.LayerNorm(2)])
     system = SimpleNamespace(model=SimpleNamespace(encoder=encoder),
-                             cfg=SimpleNamespace(n_layers=2, d_model=4, vocab_size=7))
+                             cfg=SimpleNamespace(n_layers=2, d_model=4, vocab_size=7, layout="plain"))
     batch = {"input_ids": torch.zeros(1, 5), "attention_mask": torch.tensor([[1, 1, 1, 0, 0]]),
              "labels": torch.tensor([[-100, 4, 5, -100, -100]])}
     assert mlm_train_flops(system, batch) == 3 * (6 * 20 + 12 * 2 * 4 * 5) + 2 * 6 * 7 * 4
+    system.cfg.layout = "bert"  # + the head transform (D x D) at the 2 masked positions
+    assert mlm_train_flops(system, batch) == 3 * (6 * 20 + 12 * 2 * 4 * 5) + 2 * 6 * 7 * 4 + 2 * 6 * 4 * 4
     assert SPEC.count_samples(batch) == 1 and SPEC.count_tokens(system, batch) == 3
 
 

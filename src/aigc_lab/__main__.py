@@ -15,9 +15,11 @@ def cli() -> None:
     from aigc_lab.resume import launch_argv
     from aigc_lab.train import main
     from aigc_lab.utils.ddp import external_rank_overrides
+    from aigc_lab.utils.kernel_caches import bound_kernel_caches
     from aigc_lab.utils.malloc import keep_freed_memory
 
     keep_freed_memory()  # before the first tensor: faster steps on CPU (utils/malloc.py, BENCHMARKS.md)
+    bound_kernel_caches()  # before the first matmul: flat memory when batch shapes vary (utils/kernel_caches.py)
     try:
         sys.argv = launch_argv(sys.argv)
         sys.argv += external_rank_overrides(sys.argv)  # torchrun/srun ranks > 0: no .hydra/ of their own

@@ -107,8 +107,11 @@ class Seq2SeqTransformer(nn.Module):
         memory: torch.Tensor,
         src_mask: torch.Tensor | None = None,
         cache: DecoderCache | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """tgt_ids [B, T] -> logits [B, T, V] over the next token at each position.
+        """tgt_ids [B, T] -> logits [B, T, V] over the next token at each position, or [M, V] only where the boolean
+        ``positions`` [B, T] is True (row-major, like ``tgt_out[positions]``): the vocabulary projection of pad
+        positions would be work and memory for nothing.
 
         Without a cache, tgt_ids is the whole prefix (BOS first) and attention is causal. With one, tgt_ids
         holds only the new positions (usually one token), placed after the ``cache.length`` cached ones.
@@ -122,12 +125,17 @@ class Seq2SeqTransformer(nn.Module):
                 self_cache=cache.self_kv[i] if cache is not None else None,
                 cross_cache=cache.cross_kv[i] if cache is not None else None,
             )
+        x = self.dec_ln(x)  # [B, T, D]
+        if positions is not None:
+            x = x[positions]  # [M, D]
         weight = self.tok_emb.weight if self.head is None else self.head.weight
-        return F.linear(self.dec_ln(x), weight, self.out_bias)  # [B, T, V]
+        return F.linear(x, weight, self.out_bias)  # [B, T, V] or [M, V]
 
-    def forward(self, src: torch.Tensor, src_mask: torch.Tensor | None, tgt_in: torch.Tensor) -> torch.Tensor:
-        """src [B, S], src_mask [B, S] or None, tgt_in [B, T] ([BOS] y_1 .. y_{T-1}) -> logits [B, T, V]."""
-        return self.decode(tgt_in, self.encode(src, src_mask), src_mask)
+    def forward(self, src: torch.Tensor, src_mask: torch.Tensor | None, tgt_in: torch.Tensor,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """src [B, S], src_mask [B, S] or None, tgt_in [B, T] ([BOS] y_1 .. y_{T-1}) -> logits [B, T, V], or [M, V]
+        at ``positions`` [B, T]."""
+        return self.decode(tgt_in, self.encode(src, src_mask), src_mask, positions=positions)
 
 
 def _earlier_layout(state_dict: dict[str, torch.Tensor], prefix: str, *args: object) -> None:

@@ -182,16 +182,15 @@ class Seq2SeqSystem(TokenSystem):
         return self.tokenizer.token_to_id(PAD)
 
     # ---------------------------------------------------------------- training
-    def teacher_forced_logits(self, batch: Batch) -> torch.Tensor:
-        """Teacher-forced logits [B*T, V] (float32), aligned with batch["tgt_out"].view(-1)."""
-        logits = self.model(batch["src"], batch["src_mask"], batch["tgt_in"])  # [B, T, V]
-        return logits.float().view(-1, logits.shape[-1])
+    def teacher_forced_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced logits [M, V] (float32) at the M non-pad target positions, and their targets [M]."""
+        positions = batch["tgt_out"] != self.pad_id  # [B, T]
+        logits = self.model(batch["src"], batch["src_mask"], batch["tgt_in"], positions)  # [M, V]
+        return logits.float(), batch["tgt_out"][positions]
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
-        return self.step_loss(F.cross_entropy(
-            self.teacher_forced_logits(batch), batch["tgt_out"].view(-1),
-            ignore_index=self.pad_id, label_smoothing=self.hparams.label_smoothing,
-        ))
+        logits, target = self.teacher_forced_logits(batch)
+        return self.step_loss(F.cross_entropy(logits, target, label_smoothing=self.hparams.label_smoothing))
 
     # ---------------------------------------------------------------- evaluation
     def reset_totals(self) -> None:
@@ -209,11 +208,10 @@ class Seq2SeqSystem(TokenSystem):
         self._translate(batch)
 
     def _accumulate(self, batch: Batch) -> None:
-        target = batch["tgt_out"].view(-1)
-        logits = self.teacher_forced_logits(batch)
-        loss_sum = F.cross_entropy(logits, target, ignore_index=self.pad_id, reduction="sum")
-        n = (target != self.pad_id).sum()
-        self._totals += torch.stack([loss_sum.double(), n.double()])
+        logits, target = self.teacher_forced_logits(batch)
+        loss_sum = F.cross_entropy(logits, target, reduction="sum")
+        self._totals += torch.stack([loss_sum.double(), torch.tensor(len(target), dtype=torch.float64,
+                                                                     device=loss_sum.device)])
 
     def _translate(self, batch: Batch) -> None:
         src = batch["src"]

@@ -8,7 +8,12 @@ malloc"). Allocator libraries such as jemalloc or tcmalloc
 (``LD_PRELOAD``) do the same job; torch has no setting for it on the CPU.
 
 ``keep_freed_memory()`` serves allocations up to 32 MB (glibc's upper limit) from the heap and lets up to
-1 GB of free heap stay mapped. The cost is a process that keeps its peak memory until it exits.
+1 GB of free heap stay mapped. The cost is a process that keeps its peak memory until it exits, and more: batches
+whose shapes change every step (the seq2seq token-budget batches, beam search) leave holes between long-lived
+blocks that glibc cannot trim from the top, so the free heap stays resident and grows with each new shape (with
+glibc's defaults as well). ``release_freed_memory()`` (``malloc_trim(0)``) hands every free page of every arena
+back to the kernel; ``callbacks/memory.py`` calls it at phase boundaries, where a page fault or two per page
+costs nothing next to a validation.
 """
 
 from __future__ import annotations
@@ -36,3 +41,13 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (musl, ...)
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def release_freed_memory() -> bool:
+    """Return the free pages of every malloc arena to the kernel (glibc's ``malloc_trim(0)``, which also releases
+    free pages in the middle of the heap). True when memory was released; False when none was, or off glibc."""
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return bool(trim(0))
