@@ -150,3 +150,20 @@ def test_checkpoints_of_the_earlier_layout_still_load(tmp_path):
         assert torch.equal(model(ids), old.eval()(ids))
     with pytest.raises(UserError, match="earlier masked-LM layout"):
         export_mlm(None, ckpt, tmp_path / "hf")
+
+
+def test_the_core_imports_no_hugging_face_package_at_module_level():
+    """transformers, datasets and safetensors are optional extras: aigc_lab imports them only inside the functions
+    that need them (export, init_from, hf: corpora), never when a module loads, so the core works without them.
+    (torchmetrics, which Lightning imports, imports transformers by itself when it is installed: BENCHMARKS.md.)"""
+    import ast
+    from pathlib import Path
+
+    optional = {"transformers", "datasets", "safetensors"}
+    found = []
+    for path in sorted((Path(__file__).parent.parent / "src").rglob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:  # module level only
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in optional]
+    assert found == []
