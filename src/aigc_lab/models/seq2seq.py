@@ -116,6 +116,11 @@ class Seq2SeqTransformer(nn.Module):
         Without a cache, tgt_ids is the whole prefix (BOS first) and attention is causal. With one, tgt_ids
         holds only the new positions (usually one token), placed after the ``cache.length`` cached ones.
         """
+        return self.logits(self.decoder_states(tgt_ids, memory, src_mask, cache), positions)
+
+    def decoder_states(self, tgt_ids: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor | None = None,
+                       cache: DecoderCache | None = None) -> torch.Tensor:
+        """tgt_ids [B, T] -> the decoder's final hidden states [B, T, D] (after its LayerNorm); see ``decode``."""
         offset = cache.length if cache is not None else 0
         x = self.drop(embed(self.tok_emb, self.tgt_pos, tgt_ids, offset, what="target"))  # [B, T, D]
         memory_mask = key_padding_mask(src_mask)  # [B, 1, 1, S] or None
@@ -125,17 +130,30 @@ class Seq2SeqTransformer(nn.Module):
                 self_cache=cache.self_kv[i] if cache is not None else None,
                 cross_cache=cache.cross_kv[i] if cache is not None else None,
             )
-        x = self.dec_ln(x)  # [B, T, D]
+        return self.dec_ln(x)
+
+    def logits(self, states: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states [B, T, D] -> logits [B, T, V], or [M, V] at ``positions`` [B, T]."""
         if positions is not None:
-            x = x[positions]  # [M, D]
-        weight = self.tok_emb.weight if self.head is None else self.head.weight
-        return F.linear(x, weight, self.out_bias)  # [B, T, V] or [M, V]
+            states = states[positions]  # [M, D]
+        return F.linear(states, self.output_weight, self.out_bias)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """[V, D]: the token embedding (tied) or the head's own."""
+        return self.tok_emb.weight if self.head is None else self.head.weight
 
     def forward(self, src: torch.Tensor, src_mask: torch.Tensor | None, tgt_in: torch.Tensor,
                 positions: torch.Tensor | None = None) -> torch.Tensor:
         """src [B, S], src_mask [B, S] or None, tgt_in [B, T] ([BOS] y_1 .. y_{T-1}) -> logits [B, T, V], or [M, V]
         at ``positions`` [B, T]."""
         return self.decode(tgt_in, self.encode(src, src_mask), src_mask, positions=positions)
+
+    def target_states(self, src: torch.Tensor, src_mask: torch.Tensor | None, tgt_in: torch.Tensor,
+                      positions: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing up to the output layer: the decoder's final states [M, D] at ``positions`` [B, T], for a
+        loss that applies the output layer itself (``models/linear_ce.py``)."""
+        return self.decoder_states(tgt_in, self.encode(src, src_mask), src_mask)[positions]
 
 
 def _earlier_layout(state_dict: dict[str, torch.Tensor], prefix: str, *args: object) -> None:

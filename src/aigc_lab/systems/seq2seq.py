@@ -29,7 +29,6 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only
 from tokenizers import Tokenizer
 
@@ -37,6 +36,7 @@ from aigc_lab.data.parallel import Batch, detokenize
 from aigc_lab.data.tokenizer import BOS, EOS, PAD, SEQ2SEQ_SPECIAL_TOKENS
 from aigc_lab.errors import ConfigError
 from aigc_lab.models.decoding import search
+from aigc_lab.models.linear_ce import linear_cross_entropy
 from aigc_lab.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from aigc_lab.systems.flops import output_flops, stack_flops
 from aigc_lab.systems.spec import SystemSpec, register
@@ -182,15 +182,19 @@ class Seq2SeqSystem(TokenSystem):
         return self.tokenizer.token_to_id(PAD)
 
     # ---------------------------------------------------------------- training
-    def teacher_forced_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced logits [M, V] (float32) at the M non-pad target positions, and their targets [M]."""
+    def teacher_forced_loss(self, batch: Batch, label_smoothing: float = 0.0, reduction: str = "mean") -> \
+            tuple[torch.Tensor, int]:
+        """Teacher-forced cross-entropy over the non-pad target positions, and their number. The output layer and the
+        loss run a chunk of positions at a time (models/linear_ce.py): the [M, V] logits never exist whole."""
         positions = batch["tgt_out"] != self.pad_id  # [B, T]
-        logits = self.model(batch["src"], batch["src_mask"], batch["tgt_in"], positions)  # [M, V]
-        return logits.float(), batch["tgt_out"][positions]
+        states = self.model.target_states(batch["src"], batch["src_mask"], batch["tgt_in"], positions)  # [M, D]
+        target = batch["tgt_out"][positions]  # [M]
+        loss = linear_cross_entropy(states, self.model.output_weight, self.model.out_bias, target, label_smoothing,
+                                    reduction)
+        return loss, len(target)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
-        logits, target = self.teacher_forced_logits(batch)
-        return self.step_loss(F.cross_entropy(logits, target, label_smoothing=self.hparams.label_smoothing))
+        return self.step_loss(self.teacher_forced_loss(batch, self.hparams.label_smoothing)[0])
 
     # ---------------------------------------------------------------- evaluation
     def reset_totals(self) -> None:
@@ -208,10 +212,8 @@ class Seq2SeqSystem(TokenSystem):
         self._translate(batch)
 
     def _accumulate(self, batch: Batch) -> None:
-        logits, target = self.teacher_forced_logits(batch)
-        loss_sum = F.cross_entropy(logits, target, reduction="sum")
-        self._totals += torch.stack([loss_sum.double(), torch.tensor(len(target), dtype=torch.float64,
-                                                                     device=loss_sum.device)])
+        loss_sum, n = self.teacher_forced_loss(batch, reduction="sum")
+        self._totals += torch.stack([loss_sum.double(), torch.tensor(n, dtype=torch.float64, device=loss_sum.device)])
 
     def _translate(self, batch: Batch) -> None:
         src = batch["src"]
