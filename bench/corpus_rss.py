@@ -1,5 +1,7 @@
-"""Peak memory of ``experiment=mlm_pydocs`` on corpora of growing size: the whole command (tokenizer training,
-tokenizing every split into shards, 50 training steps, the test) from an empty cache, under ``/usr/bin/time -v``.
+"""Peak memory of ``experiment=mlm_pydocs`` on corpora of growing size: the whole command (tokenizing every split
+into shards, 50 training steps, the test) from an empty token cache, under ``/usr/bin/time -v``. Every run reads
+the same WordPiece (``data.tokenizer_path``: trained once on the documentation's training split), so the rows
+differ in the corpus alone; ``--train-tokenizer`` has each run train its own on its corpus instead.
 
 The training corpora are the Python documentation repeated with shuffled lines (``bench/tokenize_throughput.py``'s
 ``build_corpus``, written to ``--corpus-dir``, never into the repository); validation and test stay the
@@ -19,9 +21,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from tokenize_throughput import build_corpus
+from tokenize_throughput import build_corpus, pydocs, text_chunks, train_wordpiece  # it puts src/ on the path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def preset_tokenizer(folder: Path) -> Path:
+    """The preset's WordPiece (8,192 tokens) trained on the documentation's training split, saved once."""
+    path = folder / "pydocs_wordpiece_8192.json"
+    if not path.is_file():
+        train_wordpiece(text_chunks([pydocs("train.txt")]), vocab_size=8192).save(str(path))
+    return path
 
 
 def run(corpus: Path, steps: int, scratch: Path, extra: list[str]) -> dict[str, float | str]:
@@ -46,8 +56,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], help="training corpora, in MB")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--corpus-dir", type=Path, default=Path(tempfile.gettempdir()) / "aigc_bench_corpus")
+    parser.add_argument("--train-tokenizer", action="store_true", help="each run trains its tokenizer on its corpus")
     parser.add_argument("overrides", nargs="*", help="more overrides for every run")
     args = parser.parse_args()
+    if not args.train_tokenizer:
+        args.overrides = [f"data.tokenizer_path={preset_tokenizer(args.corpus_dir)}", *args.overrides]
 
     rows = []
     for mb in args.sizes:
