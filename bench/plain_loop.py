@@ -36,6 +36,7 @@ from torch.optim.swa_utils import AveragedModel
 from aigc_lab.data.masking import IGNORE_INDEX
 from aigc_lab.data.tokenizer import PAD
 from aigc_lab.models.gan import Discriminator, Generator, init_dcgan_weights
+from aigc_lab.models.linear_ce import linear_cross_entropy
 from aigc_lab.models.mlm import MaskedLM
 from aigc_lab.models.seq2seq import Seq2SeqTransformer
 from aigc_lab.systems.gan import bce_logits, ema_with_warmup
@@ -211,9 +212,10 @@ def seq2seq_loop(cfg: DictConfig, device: torch.device) -> PlainLoop:
     pad, smoothing = data.special_id(PAD), float(cfg.model.label_smoothing)
 
     def loss_of(batch: dict[str, Any]) -> torch.Tensor:  # Seq2SeqSystem.training_step
-        logits = model(batch["src"], batch["src_mask"], batch["tgt_in"])  # [B, T, V]
-        logits = logits.float().view(-1, logits.shape[-1])
-        return F.cross_entropy(logits, batch["tgt_out"].view(-1), ignore_index=pad, label_smoothing=smoothing)
+        positions = batch["tgt_out"] != pad  # [B, T]
+        states = model.target_states(batch["src"], batch["src_mask"], batch["tgt_in"], positions)  # [M, D]
+        return linear_cross_entropy(states, model.output_weight, model.out_bias, batch["tgt_out"][positions],
+                                    smoothing)
 
     return _automatic(cfg, device, data, model, loss_of)
 

@@ -410,6 +410,7 @@ class ParallelDataModule(TokenizedData, L.LightningDataModule):
                           "test": self._tsv(test_file, "test_file") if test_file is not None else None}
         self.tokenizer: Tokenizer | None = None
         self.datasets: dict[str, PairDataset | ShardedPairs] = {}
+        self._warned_header: set[str] = set()  # splits whose header-like first line was warned about
 
     def _tsv(self, entry: str | None, key: str) -> Path:
         if is_dataset(entry):  # its two columns, written once to a cached TSV file
@@ -432,15 +433,29 @@ class ParallelDataModule(TokenizedData, L.LightningDataModule):
             return Path(self.hparams.tokenizer_path).expanduser()
 
         def corpus() -> Iterator[str]:  # both sides of the training pairs, streamed: one joint vocabulary
-            for text in text_chunks([self.files["train"]]):
-                pairs = parse_pairs(text)[0]
-                yield "\n".join(s for s, _ in pairs)
-                yield "\n".join(t for _, t in pairs)
+            self._check_train_file()  # before any tokenizer is trained on it
+            return (side for text in text_chunks([self.files["train"]]) for side in _sides(parse_pairs(text)[0]))
 
         return load_or_train_tokenizer(
             [self.files["train"]], corpus, self.cache_dir, self.hparams.vocab_size,
             self.hparams.min_frequency, self.hparams.lowercase, kind="bpe",
         )
+
+    def _check_train_file(self) -> None:
+        """Refuse a training file without a pair or with fewer pairs than one batch, and warn about a header line:
+        read until enough pairs are seen (the first chunk, for any real file)."""
+        path, enough = self.files["train"], self.hparams.max_tokens // (2 * self.hparams.max_len) + 1
+        n_pairs, n_lines, skipped, first = 0, 0, Counter(), None
+        for text in text_chunks([path]):
+            pairs, chunk_skipped, chunk_lines = parse_pairs(text)
+            n_pairs, n_lines, skipped = n_pairs + len(pairs), n_lines + chunk_lines, skipped + chunk_skipped
+            first = first or (pairs[0] if pairs else None)
+            if n_pairs >= enough:
+                break
+        if first is None:
+            self._no_pairs("train", skipped, n_lines)
+        self._warn_header("train", first)
+        self._check_train_size(n_pairs, 2 * self.hparams.max_len)
 
     def _token_ids(self, split: str, tokenizer: Tokenizer) -> tuple[Path, dict[str, Any]]:
         """(folder, manifest) of the file's memory-mapped pair shards, tokenized on a miss; refuses a file without
@@ -471,7 +486,9 @@ class ParallelDataModule(TokenizedData, L.LightningDataModule):
         return pairs
 
     def _warn_header(self, split: str, first: Pair) -> None:
-        if looks_like_header(first):
+        """Once per split and data module."""
+        if split not in self._warned_header and looks_like_header(first):
+            self._warned_header.add(split)
             log.warning("%s (data.%s_file): the first pair %r looks like a header of column names; it is trained on "
                         "as a pair: delete that line if it is one", self.files[split], split, "\t".join(first))
 
@@ -601,6 +618,11 @@ def _tsv(path: str | None, key: str) -> Path:
             f"pairs/en-fr/, or point data.{key} at your own UTF-8 file of source<TAB>target lines"
         )
     return resolved
+
+
+def _sides(pairs: list[Pair]) -> tuple[str, str]:
+    """The sources and the targets of some pairs, each side one text of lines."""
+    return "\n".join(s for s, _ in pairs), "\n".join(t for _, t in pairs)
 
 
 def _skipped(manifest: dict[str, Any]) -> Counter:
