@@ -179,10 +179,10 @@ class PairDataset(Dataset):
 
 
 class ShardedPairs(Dataset):
-    """The pairs of a TSV file from its memory-mapped shards (``encode_pairs``), those at ``keep`` only (the indices
-    of the pairs that fit ``max_len``); lengths count the [EOS] and [BOS]/[EOS] added, like ``PairDataset``'s."""
+    """The pairs of a TSV file from its memory-mapped shards (``encode_pairs``): all of them, until ``keep`` picks
+    some (the pairs that fit ``max_len``); lengths count the [EOS] and [BOS]/[EOS] added, like ``PairDataset``'s."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], keep: np.ndarray) -> None:
+    def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
         dtype = np.dtype(manifest["options"]["dtype"])
         parts = manifest["shards"]
 
@@ -196,12 +196,16 @@ class ShardedPairs(Dataset):
         self.src_start = np.concatenate([[0], np.cumsum(src_len, dtype=np.int64)])
         self.tgt_start = np.concatenate([[0], np.cumsum(tgt_len, dtype=np.int64)])
         self.text_start = np.concatenate([[0], *(_global_ends(folder, parts))])
-        self.keep = keep
-        self.src_lengths = (src_len[keep].astype(np.int64) + 1).tolist()  # + [EOS]
-        self.tgt_lengths = (tgt_len[keep].astype(np.int64) + 1).tolist()  # [BOS] + ids, or ids + [EOS]
+        self.keep(np.arange(len(src_len)))
+
+    def keep(self, indices: np.ndarray) -> None:
+        """From now on, the dataset is the pairs at ``indices`` of the file, in that order."""
+        self.kept = indices
+        self.src_lengths = (np.diff(self.src_start)[indices] + 1).tolist()  # + [EOS]
+        self.tgt_lengths = (np.diff(self.tgt_start)[indices] + 1).tolist()  # [BOS] + ids, or ids + [EOS]
 
     def __len__(self) -> int:
-        return len(self.keep)
+        return len(self.kept)
 
     def pair_text(self, j: int) -> Pair:
         """(source, target) of pair ``j`` of the file (not of ``keep``)."""
@@ -210,7 +214,7 @@ class ShardedPairs(Dataset):
         return source, target
 
     def __getitem__(self, i: int) -> tuple[list[int], list[int], str, str]:
-        j = int(self.keep[i])
+        j = int(self.kept[i])
         source, target = self.pair_text(j)
         return (self.src.span(int(self.src_start[j]), int(self.src_start[j + 1])).tolist(),
                 self.tgt.span(int(self.tgt_start[j]), int(self.tgt_start[j + 1])).tolist(), source, target)
@@ -547,7 +551,7 @@ class ParallelDataModule(TokenizedData, L.LightningDataModule):
             skipped, n_lines = Counter(), len(pairs)
         else:
             folder, manifest = self._token_ids(split, self.tokenizer)
-            dataset = ShardedPairs(folder, manifest, np.empty(0, dtype=np.int64))
+            dataset = ShardedPairs(folder, manifest)
             src_len, tgt_len = np.diff(dataset.src_start), np.diff(dataset.tgt_start)
             skipped, n_lines = _skipped(manifest), _lines(manifest)
         fits = (src_len > 0) & (src_len <= limit) & (tgt_len > 0) & (tgt_len <= limit)
@@ -565,7 +569,7 @@ class ParallelDataModule(TokenizedData, L.LightningDataModule):
         if self.hparams.task == "synthetic":
             return PairDataset([src_ids[i] for i in keep], [tgt_ids[i] for i in keep],
                                [sources[i] for i in keep], [targets[i] for i in keep])
-        dataset = ShardedPairs(folder, manifest, keep)
+        dataset.keep(keep)
         self._warn_header(split, dataset.pair_text(0))
         return dataset
 
