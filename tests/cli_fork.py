@@ -38,6 +38,8 @@ def _main(module: str, args: list[str], env: dict[str, str], cwd: str, out: str,
     os.chdir(cwd)
     os.environ.pop("HYDRA_FULL_ERROR", None)
     os.environ.update(env)
+    # Under mimalloc the launcher would restart itself (utils/malloc.py) and throw the preloaded imports away.
+    os.environ.setdefault("AIGC_MALLOC", "glibc")
     for fd, path in ((1, out), (2, err)):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
     for entry in reversed(env.get("PYTHONPATH", "").split(os.pathsep)):  # as a new interpreter would read it

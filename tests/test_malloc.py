@@ -1,10 +1,11 @@
-"""utils/malloc.py: the launcher keeps freed memory for reuse (glibc), unless the user chose otherwise; the free heap
-goes back to the kernel at phase boundaries (callbacks/memory.py). utils/kernel_caches.py: the launcher bounds
+"""utils/malloc.py: the launcher restarts under mimalloc where it is installed, else keeps freed memory for reuse
+(glibc), unless the user chose otherwise; free memory goes back to the kernel at phase boundaries (callbacks/memory.py). utils/kernel_caches.py: the launcher bounds
 oneDNN's per-shape kernel caches before the first matmul."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -16,12 +17,12 @@ from aigc_lab.utils import kernel_caches, malloc
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_applied_on_glibc(monkeypatch):
-    for name in ("LD_PRELOAD", "GLIBC_TUNABLES", malloc.OPT_OUT):
+    for name in ("LD_PRELOAD", "GLIBC_TUNABLES", malloc.CHOICE):
         monkeypatch.delenv(name, raising=False)
     assert malloc.keep_freed_memory() is True
 
 
-@pytest.mark.parametrize("env", [{"AIGC_DEFAULT_MALLOC": "1"}, {"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"},
+@pytest.mark.parametrize("env", [{"AIGC_MALLOC": "system"}, {"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"},
                                  {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"},
                                  {"MALLOC_TRIM_THRESHOLD_": "0"}])
 def test_left_alone_when_the_user_chose(monkeypatch, env):
@@ -42,6 +43,59 @@ def test_the_launcher_applies_it_first(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["aigc_lab", "experiment=gan_mnist"])
     entry.cli()
     assert calls == ["malloc", "caches", "main"]
+
+
+# Prints its pid, restarts itself under mimalloc, then prints the allocator, its pid and whether a release worked.
+RESTART = """
+import os
+from aigc_lab.utils import malloc
+print(os.getpid(), flush=True)
+malloc.use_mimalloc()
+print(malloc.allocator(), os.getpid(), malloc.release_freed_memory())
+"""
+
+
+def _restart(**env: str) -> list[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", malloc.CHOICE)}
+    proc = subprocess.run([sys.executable, "-c", RESTART], env={**clean, **env}, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="cmeel-mimalloc is a dependency on Linux only")
+def test_restarts_under_mimalloc_once():
+    """Same pid and command line, mimalloc's symbols in the process, its release called; the library is the
+    installed wheel's."""
+    assert malloc.mimalloc_library() is not None
+    first_pid, second_pid, name, pid, released = _restart()
+    assert first_pid == second_pid == pid  # one restart (os.execv keeps the pid), the script run again
+    assert (name, released) == ("mimalloc", "True")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="cmeel-mimalloc is a dependency on Linux only")
+@pytest.mark.parametrize("env", [{"AIGC_MALLOC": "glibc"}, {"AIGC_MALLOC": "system"}, {"MALLOC_ARENA_MAX": "2"}])
+def test_no_restart_when_the_user_chose(env):
+    pid, name, same_pid, _ = _restart(**env)
+    assert (name, same_pid) == ("system", pid)
+
+
+def test_a_bad_choice_is_one_line(monkeypatch):
+    from aigc_lab.errors import ConfigError
+
+    monkeypatch.setenv("AIGC_MALLOC", "jemalloc")
+    with pytest.raises(ConfigError, match="AIGC_MALLOC='jemalloc': use mimalloc, glibc, system"):
+        malloc.use_mimalloc()
+
+
+def test_the_command_restarts_before_the_launcher(monkeypatch):
+    import aigc_lab.__main__ as entry
+
+    calls = []
+    monkeypatch.setattr(malloc, "use_mimalloc", lambda: calls.append("mimalloc"))
+    monkeypatch.setattr(entry, "cli", lambda: calls.append("cli"))
+    entry.main()
+    assert calls == ["mimalloc", "cli"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")

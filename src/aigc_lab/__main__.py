@@ -18,7 +18,7 @@ def cli() -> None:
     from aigc_lab.utils.kernel_caches import bound_kernel_caches
     from aigc_lab.utils.malloc import keep_freed_memory
 
-    keep_freed_memory()  # before the first tensor: faster steps on CPU (utils/malloc.py, BENCHMARKS.md)
+    keep_freed_memory()  # before the first tensor, where glibc malloc runs: faster steps (utils/malloc.py)
     bound_kernel_caches()  # before the first matmul: flat memory when batch shapes vary (utils/kernel_caches.py)
     try:
         sys.argv = launch_argv(sys.argv)
@@ -32,5 +32,17 @@ def cli() -> None:
     main()
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The command: the launcher in a process that runs with mimalloc where it is installed (utils/malloc.py)."""
+    from aigc_lab.errors import UserError, exit_with
+    from aigc_lab.utils.malloc import use_mimalloc
+
+    try:
+        use_mimalloc()  # first: it may restart this process, before torch is imported
+    except UserError as err:  # a bad AIGC_MALLOC
+        exit_with(str(err))
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -254,8 +254,9 @@ class PairCollator:
 
 
 class TokenBudgetBatchSampler(Sampler[list[int]]):
-    """Batches of sample indices whose padded size, B x (longest source + longest target), stays within
-    ``max_tokens`` (a pair bigger than that alone makes a batch).
+    """Batches of sample indices whose padded size, B x (longest source + longest target), each length rounded up
+    to a multiple of ``pad_multiple`` as the collator pads it, stays within ``max_tokens`` (a pair bigger than
+    that alone makes a batch).
 
     Training (``train=True``): shuffle the pairs, sort each chunk of ``sort_chunk`` pairs by length so that
     a batch holds similar lengths (little padding), cut batches, shuffle the batch order; a new order at each
@@ -276,13 +277,16 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         epoch_source: Callable[[], int] | None = None,
+        pad_multiple: int = 1,
     ) -> None:
         """``epoch_source``: where an iteration reads its epoch (the trainer's ``current_epoch``); without
-        one, each iteration advances an epoch counter of its own."""
+        one, each iteration advances an epoch counter of its own. ``pad_multiple``: the collator's."""
         super().__init__()
-        if max_tokens <= 0 or sort_chunk <= 0:
-            raise ValueError(f"max_tokens and sort_chunk must be positive, got {max_tokens} and {sort_chunk}")
+        if max_tokens <= 0 or sort_chunk <= 0 or pad_multiple <= 0:
+            raise ValueError(f"max_tokens, sort_chunk and pad_multiple must be positive, got {max_tokens}, "
+                             f"{sort_chunk} and {pad_multiple}")
         self.src_lengths, self.tgt_lengths = list(src_lengths), list(tgt_lengths)
+        self.pad_multiple = pad_multiple
         self.max_tokens, self.train, self.sort_chunk, self.seed = max_tokens, train, sort_chunk, seed
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch_source = epoch_source
@@ -320,7 +324,7 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         longest_src = longest_tgt = 0
         for i in indices:
             s, t = max(longest_src, self.src_lengths[i]), max(longest_tgt, self.tgt_lengths[i])
-            if batch and (len(batch) + 1) * (s + t) > self.max_tokens:
+            if batch and (len(batch) + 1) * self._padded(s, t) > self.max_tokens:
                 out.append(batch)
                 batch, s, t = [], self.src_lengths[i], self.tgt_lengths[i]
             batch.append(i)
@@ -329,13 +333,18 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
             out.append(batch)
         return out
 
+    def _padded(self, longest_src: int, longest_tgt: int) -> int:
+        """Source + target width of a batch with these longest pairs, as the collator pads it."""
+        return -(-longest_src // self.pad_multiple) * self.pad_multiple + \
+            -(-longest_tgt // self.pad_multiple) * self.pad_multiple
+
     def padding_share(self, epoch: int = 0) -> float:
         """Share of the padded batch tokens (source + target) that are padding."""
         padded = real = 0
         for batch in self.batches(epoch):
             src = [self.src_lengths[i] for i in batch]
             tgt = [self.tgt_lengths[i] for i in batch]
-            padded += len(batch) * (max(src) + max(tgt))
+            padded += len(batch) * self._padded(max(src), max(tgt))
             real += sum(src) + sum(tgt)
         return 1.0 - real / padded if padded else 0.0
 
@@ -595,6 +604,7 @@ class ParallelDataModule(TokenizedData, L.LightningDataModule):
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
             epoch_source=(lambda: trainer.current_epoch) if train and trainer is not None else None,
+            pad_multiple=self.hparams.pad_multiple,
         )
 
     def _loader(self, split: str) -> DataLoader:

@@ -95,7 +95,10 @@ def cpu_model() -> str:
 
 def machine_line() -> str:
     """One line naming the machine for a benchmark's output: CPU kind, threads, and the GPU if any."""
-    line = f"CPU {cpu_kind().describe()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    from aigc_lab.utils.malloc import allocator
+
+    line = f"CPU {cpu_kind().describe()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, " \
+           f"malloc {allocator()}"
     if torch.cuda.is_available():
         line += f"; GPU {torch.cuda.get_device_name(0)}"
     return line
