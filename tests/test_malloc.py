@@ -1,6 +1,7 @@
 """utils/malloc.py: the launcher restarts under mimalloc where it is installed, else keeps freed memory for reuse
-(glibc), unless the user chose otherwise; free memory goes back to the kernel at phase boundaries (callbacks/memory.py). utils/kernel_caches.py: the launcher bounds
-oneDNN's per-shape kernel caches before the first matmul."""
+(glibc), unless the user chose otherwise; free memory goes back to the kernel at phase boundaries
+(callbacks/memory.py). utils/kernel_caches.py: the launcher bounds oneDNN's per-shape kernel caches before the
+first matmul."""
 
 from __future__ import annotations
 
