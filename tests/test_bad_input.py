@@ -168,7 +168,7 @@ CASES = [
      ("no usable source<TAB>target pair in", "no_tab.tsv (data.train_file): 3 lines, skipped no tab: 3",
       "Each line needs a source, one tab and a target")),
     ("tsv_header_only", "aigc_lab", lambda b: _tsv(b, _header_only_tsv(b)), NONE,
-     ("header.tsv (data.train_file) holds only 1 pair: less than one training batch (data.max_tokens=4096 padded "
+     ("header.tsv (data.train_file) holds only 1 pair: less than one training batch (data.max_tokens=5120 padded "
       "tokens), so every step would repeat the same batch. Fix: give data.train_file many more pairs",)),
     ("tokenizer_missing", "aigc_lab", lambda b: _mlm(b, f"data.tokenizer_path={b.root / 'nope.json'}"), NONE,
      ("tokenizer not found:", "nope.json (data.tokenizer_path: give a saved tokenizer.json)")),

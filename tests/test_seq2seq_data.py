@@ -62,6 +62,24 @@ def test_batches_respect_the_token_budget_and_cover_every_pair():
     assert list(again) == batches  # a fixed function of the seed and the epoch
 
 
+def test_the_budget_counts_the_padding_the_collator_adds():
+    """With pad_multiple, the batch tensors the collator builds hold at most max_tokens source + target tokens
+    (a pair bigger than the budget alone excepted), and the padding share counts the rounded lengths."""
+    src, tgt = _lengths(2000, seed=5)
+    sampler = TokenBudgetBatchSampler(src, tgt, max_tokens=640, train=True, sort_chunk=400, seed=1, pad_multiple=8)
+    collate = PairCollator(pad_id=0, bos_id=1, eos_id=2, pad_multiple=8)
+    padded = real = 0
+    for batch in sampler.batches(0):
+        # the data module's lengths: source ids + [EOS], target ids + [EOS] (or [BOS] + ids)
+        tensors = collate([([5] * (src[i] - 1), [6] * (tgt[i] - 1), "", "") for i in batch])
+        size = tensors["src"].numel() + tensors["tgt_in"].numel()
+        assert size <= 640
+        padded, real = padded + size, real + sum(src[i] + tgt[i] for i in batch)
+    assert sampler.padding_share() == pytest.approx(1 - real / padded)
+    unaware = TokenBudgetBatchSampler(src, tgt, max_tokens=640, train=True, sort_chunk=400, seed=1)
+    assert len(unaware.batches(0)) < len(sampler.batches(0))  # the same budget counted before rounding: bigger
+
+
 def test_evaluation_batches_are_fixed_and_sharded():
     src, tgt = _lengths(500)
     one = TokenBudgetBatchSampler(src, tgt, max_tokens=800, seed=1)

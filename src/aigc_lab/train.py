@@ -57,6 +57,7 @@ def prepare(cfg: DictConfig) -> Launch:
     from aigc_lab.utils.ddp import prepare_ddp_launch
     from aigc_lab.utils.devices import check_trainer_hardware, instantiate_trainer
     from aigc_lab.utils.hardware import resolve_auto
+    from aigc_lab.utils.malloc import allocator
 
     logging.getLogger("lightning").handlers.clear()  # its own console handler would print each line twice
     composed = OmegaConf.to_yaml(cfg)
@@ -66,6 +67,7 @@ def prepare(cfg: DictConfig) -> Launch:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
+    log.info("malloc: %s (utils/malloc.py)", allocator())
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
     datamodule = instantiate(cfg.data)
     log.info("Instantiating system <%s>", cfg.model._target_)
