@@ -5,8 +5,8 @@ does not sort blocks by size: when batch shapes vary (the seq2seq token-budget b
 long-lived blocks land between the large ones, the heap fragments, and the free memory in its holes stays
 resident; with its default settings each large buffer is instead mapped and unmapped per step, and the kernel
 zero-fills its pages again every step. mimalloc (Microsoft's allocator; the ``cmeel-mimalloc`` wheel, a
-dependency on Linux) keeps blocks of one size class together and returns free pages by itself: a flat and lower
-peak memory and faster steps for every system here (BENCHMARKS.md, "mimalloc"). PyTorch has no allocator
+dependency on Linux) keeps blocks of one size class together and returns free pages by itself: a lower peak
+memory for every system here, and faster steps for some (BENCHMARKS.md, "mimalloc"). PyTorch has no allocator
 setting for CPU tensors, so the allocator is chosen the way ``torch.backends.xeon.run_cpu`` chooses jemalloc:
 ``LD_PRELOAD``, which takes effect only when a process starts. ``use_mimalloc()`` restarts the launcher's
 process once, before it imports anything heavy, with mimalloc preloaded: the same pid and command line.
