@@ -93,7 +93,7 @@ def test_the_command_restarts_before_the_launcher(monkeypatch):
     import aigc_lab.__main__ as entry
 
     calls = []
-    monkeypatch.setattr(malloc, "use_mimalloc", lambda: calls.append("mimalloc"))
+    monkeypatch.setattr(malloc, "start_with_mimalloc", lambda: calls.append("mimalloc"))
     monkeypatch.setattr(entry, "cli", lambda: calls.append("cli"))
     entry.main()
     assert calls == ["mimalloc", "cli"]

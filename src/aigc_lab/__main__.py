@@ -34,13 +34,9 @@ def cli() -> None:
 
 def main() -> None:
     """The command: the launcher in a process that runs with mimalloc where it is installed (utils/malloc.py)."""
-    from aigc_lab.errors import UserError, exit_with
-    from aigc_lab.utils.malloc import use_mimalloc
+    from aigc_lab.utils.malloc import start_with_mimalloc
 
-    try:
-        use_mimalloc()  # first: it may restart this process, before torch is imported
-    except UserError as err:  # a bad AIGC_MALLOC
-        exit_with(str(err))
+    start_with_mimalloc()  # first: it may restart this process, before torch is imported
     cli()
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from aigc_lab.errors import UserError, exit_with, user_message
-from aigc_lab.utils.malloc import use_mimalloc
+from aigc_lab.utils.malloc import start_with_mimalloc
 from aigc_lab.utils.paths import conf_dir
 from aigc_lab.utils.signals import stops_on_signals
 from aigc_lab.utils.stale_runs import mark_if_killed
@@ -164,10 +164,7 @@ def _eval_message(err: BaseException) -> str | None:
 
 def cli() -> None:
     """The command, in a process that runs with mimalloc where it is installed (utils/malloc.py)."""
-    try:
-        use_mimalloc()  # first: it may restart this process, before torch is imported
-    except UserError as err:  # a bad AIGC_MALLOC
-        exit_with(str(err))
+    start_with_mimalloc()  # first: it may restart this process, before torch is imported
     main()
 
 

@@ -68,6 +68,16 @@ def use_mimalloc() -> None:
         del os.environ["LD_PRELOAD"]
 
 
+def start_with_mimalloc() -> None:
+    """``use_mimalloc()`` for a command's entry point: a bad ``AIGC_MALLOC`` ends the command with one line."""
+    from aigc_lab.errors import UserError, exit_with
+
+    try:
+        use_mimalloc()  # first: it may restart this process, before torch is imported
+    except UserError as err:
+        exit_with(str(err))
+
+
 def chosen() -> str:
     """``AIGC_MALLOC``'s value (default ``mimalloc``); a ConfigError names the choices for any other."""
     value = os.environ.get(CHOICE, "mimalloc").strip().lower()
