@@ -44,7 +44,8 @@ def loss_by_kind(run: Path) -> dict[str, tuple[float, float, int]]:
             for k in range(len(KINDS)):
                 sel = kind == k
                 sums[k] += torch.stack([loss[sel].sum(), hits[sel].sum(), sel.sum().float()])
-    return {name: (s[0].item() / s[2].item(), s[1].item() / s[2].item(), int(s[2])) for name, s in zip(KINDS, sums)}
+    means = sums[:, :2] / sums[:, 2:]  # a kind with no position: nan
+    return {name: (m[0].item(), m[1].item(), int(s[2])) for name, m, s in zip(KINDS, means, sums)}
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_dirs
+from conftest import run_bench, run_dirs
 
 # One intra-op thread: the tiny model's ops are too small to share, and two threads stall badly
 # when another process keeps the second core busy.
@@ -94,3 +94,16 @@ def test_bad_input_is_one_clear_error(run_cli, tmp_path, text_corpus, case, mess
     assert "Traceback" not in proc.stderr
     if case == "missing":
         assert "AIGC_DATA_DIR" in proc.stderr
+
+
+def test_the_loss_splits_by_what_the_masked_position_shows(run_cli, tmp_path, text_corpus, cache_dir):
+    run_cli(*tiny(text_corpus), env=ENV)
+    (run,) = run_dirs(tmp_path)
+    out = run_bench("mlm_masked_kinds.py", str(run), cwd=tmp_path, cache_dir=cache_dir).stdout
+    (line,) = [line for line in out.splitlines() if line.startswith(f"{run}: ")]
+    cells = line.split(": ", 1)[1].split(" | ")
+    assert [cell.split()[0] for cell in cells] == ["[MASK]", "random", "kept"]
+    shares = [float(cell.split()[1].rstrip("%:")) for cell in cells]
+    assert abs(sum(shares) - 100) < 0.5 and shares[0] > shares[1] and shares[0] > shares[2]  # 80/10/10
+    losses = [float(cell.split("loss ")[1].split()[0]) for cell in cells]
+    assert all(0 < loss < 20 for loss in losses)
