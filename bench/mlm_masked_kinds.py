@@ -3,8 +3,8 @@ a random token (10%) or the token itself (10%). A copying shortcut would show as
 
     AIGC_DATA_DIR=../shared/data python bench/mlm_masked_kinds.py <run dir> [<run dir> ...]
 
-Each run dir's ``.hydra/config.yaml`` builds its data module (the same validation masks as its training run) and
-``checkpoints/last.ckpt`` its model.
+Each run dir's saved config builds its data module (the same validation masks as its training run), its last
+checkpoint the model.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
+from aigc_lab.checkpoints import last_checkpoint
 from aigc_lab.data.masking import IGNORE_INDEX
 from aigc_lab.data.tokenizer import MASK
+from aigc_lab.eval import load_run_config
 from aigc_lab.systems.mlm import MLMSystem
 
 KINDS = ("[MASK]", "random", "kept")
@@ -26,10 +27,10 @@ KINDS = ("[MASK]", "random", "kept")
 
 def loss_by_kind(run: Path) -> dict[str, tuple[float, float, int]]:
     """kind -> (mean loss, accuracy, positions) over the run's validation set."""
-    data = instantiate(OmegaConf.load(run / ".hydra" / "config.yaml").data)
+    data = instantiate(load_run_config(run, []).data)
     data.prepare_data()
     data.setup("validate")
-    system = MLMSystem.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    system = MLMSystem.load_from_checkpoint(last_checkpoint(run), map_location="cpu", weights_only=False)
     net = system.model.eval()
     mask_id = data.tokenizer.token_to_id(MASK)
     sums = torch.zeros(len(KINDS), 3)  # per kind: loss sum, hits, positions
