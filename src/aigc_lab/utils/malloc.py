@@ -73,7 +73,7 @@ def start_with_mimalloc() -> None:
     from aigc_lab.errors import UserError, exit_with
 
     try:
-        use_mimalloc()  # first: it may restart this process, before torch is imported
+        use_mimalloc()
     except UserError as err:
         exit_with(str(err))
 
