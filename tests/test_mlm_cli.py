@@ -45,9 +45,11 @@ def test_mlm_fast_dev_run(run_cli, tmp_path, text_corpus, precision):
     assert "fill_mask/val_examples/text_summary" in tensors
 
 
-def test_checkpoint_fills_masks_and_resumes(run_cli, tmp_path, text_corpus):
+def test_checkpoint_fills_masks_and_resumes(run_cli, tmp_path, text_corpus, cache_dir):
     run_cli(*tiny(text_corpus), env=ENV)
     (run,) = run_dirs(tmp_path)
+    # The same run serves bench/mlm_masked_kinds.py (a run dir in, the loss per kind of masked position out).
+    assert_the_loss_splits_by_what_the_masked_position_shows(run, tmp_path, cache_dir)
     proc = run_cli(f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "text=The parser [MASK] the [MASK].",
                    "top_k=4", module="aigc_lab.generate", env=ENV)
     lines = proc.stdout.splitlines()
@@ -96,10 +98,8 @@ def test_bad_input_is_one_clear_error(run_cli, tmp_path, text_corpus, case, mess
         assert "AIGC_DATA_DIR" in proc.stderr
 
 
-def test_the_loss_splits_by_what_the_masked_position_shows(run_cli, tmp_path, text_corpus, cache_dir):
-    run_cli(*tiny(text_corpus), env=ENV)
-    (run,) = run_dirs(tmp_path)
-    out = run_bench("mlm_masked_kinds.py", str(run), cwd=tmp_path, cache_dir=cache_dir).stdout
+def assert_the_loss_splits_by_what_the_masked_position_shows(run, cwd, cache_dir) -> None:
+    out = run_bench("mlm_masked_kinds.py", str(run), cwd=cwd, cache_dir=cache_dir).stdout
     (line,) = [line for line in out.splitlines() if line.startswith(f"{run}: ")]
     cells = line.split(": ", 1)[1].split(" | ")
     assert [cell.split()[0] for cell in cells] == ["[MASK]", "random", "kept"]
