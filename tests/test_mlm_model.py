@@ -40,6 +40,21 @@ def test_shapes_and_tied_output():
         model(torch.zeros(1, 25, dtype=torch.long))
 
 
+def test_bert_layout_starts_as_the_plain_layout_does():
+    """The embedding LayerNorm hands the blocks a residual stream at the scale of the plain layout's embeddings, and
+    the head transform starts as LN(GELU(h)), keeping the tied output in the space the embeddings write."""
+    cfg = dict(TINY, d_model=64, dropout=0.0)
+    bert, plain = MaskedLM(MLMConfig(**cfg)), MaskedLM(MLMConfig(**cfg, layout="plain"))
+    ids = torch.randint(5, 50, (8, 24))
+    with torch.no_grad():
+        def stream_rms(model: MaskedLM) -> float:  # the blocks' input, before any block writes
+            return model.emb_ln(model.tok_emb(ids) + model.pos_emb.weight[:24]).pow(2).mean().sqrt().item()
+
+        assert 0.8 < stream_rms(bert) / stream_rms(plain) < 1.25
+        hidden = torch.randn(5, 64)
+        assert torch.allclose(bert.head(hidden), F.layer_norm(F.gelu(hidden), (64,)), atol=1e-5)
+
+
 def test_masked_positions_match_full_logits():
     model = MaskedLM(MLMConfig(**TINY)).eval()
     ids = torch.randint(5, 50, (4, 12))

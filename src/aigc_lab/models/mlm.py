@@ -14,6 +14,7 @@ Shapes: B = batch, T = sequence length (<= max_len), D = d_model, V = vocab_size
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +56,13 @@ class HeadTransform(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.ln(F.gelu(self.fc(hidden)))
 
+    @torch.no_grad()
+    def start_as_identity(self) -> None:
+        """W = I, b = 0: the head starts as LN(GELU(h)), a monotone map of each coordinate of h, so the tied output
+        layer reads the space the input embeddings write into (a random W would scramble it first)."""
+        nn.init.eye_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
+
 
 class MaskedLM(nn.Module):
     """input_ids [B, T] (+ attention_mask [B, T]) -> logits [B, T, V], or [M, V] at the given positions."""
@@ -73,7 +81,19 @@ class MaskedLM(nn.Module):
         self.out_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         self.apply(init_transformer_weights)
         self.encoder.scale_residual_init()
+        if bert:
+            self._start_bert_parts_like_plain()
         self._register_load_state_dict_pre_hook(_earlier_layout)
+
+    @torch.no_grad()
+    def _start_bert_parts_like_plain(self, std: float = 0.02) -> None:
+        """Initialize the bert layout's extra parts so that training starts as the plain layout's does; with the
+        defaults (unit LayerNorm gain, random head) it learns far slower on a short budget (BENCHMARKS.md, "Masked
+        LM: where the bert layout loses"). The embedding LayerNorm's gain starts at the scale of E + P (both
+        N(0, std)), not 1: a unit gain makes every token's embedding of norm sqrt(D) in the residual stream, which
+        the blocks' first writes (std / sqrt(2 L)) barely move. The head transform starts as the identity."""
+        nn.init.constant_(self.emb_ln.weight, std * math.sqrt(2))
+        self.head.start_as_identity()
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [B, T] -> final hidden states [B, T, D]. attention_mask [B, T]: 1 = token, 0 = pad;
