@@ -1,6 +1,7 @@
-"""``python -m <module> args...`` many times for the price of one start-up, for the CLI tests (``run_cli``).
+"""``python -m <module> args...`` (and ``python <bench script> args...``) many times for the price of one start-up,
+for the CLI and bench tests (``run_cli``, ``run_bench``).
 
-Importing Lightning takes 5-8 s of a busy 2-core machine, longer than most bad inputs take to be refused.
+Importing Lightning takes seconds of a busy 2-core machine, longer than most bad inputs take to be refused.
 So each run is a process forked from a multiprocessing forkserver that imported Lightning and the
 launcher once: the fork runs the module as ``python -m`` does (``runpy.run_module(..., run_name="__main__")``),
 with its own argv, environment, working dir, stdout, stderr and exit code.
@@ -22,19 +23,29 @@ PRELOAD = ["lightning", "torchvision.datasets", "aigc_lab.train", "aigc_lab.util
 
 def run(module: str, args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> CompletedProcess:
     """Run ``python -m module *args`` in a fork of the preloaded server; stdout and stderr are captured."""
+    return _fork(module, False, args, env, cwd, timeout)
+
+
+def run_script(script: Path, args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> CompletedProcess:
+    """Run ``python script *args`` (a bench script) the same way."""
+    return _fork(str(script), True, args, env, cwd, timeout)
+
+
+def _fork(target: str, is_script: bool, args: list[str], env: dict[str, str], cwd: Path,
+          timeout: float) -> CompletedProcess:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)  # takes effect when the server starts (the first call)
     out, err = cwd / ".cli_stdout", cwd / ".cli_stderr"
-    child = ctx.Process(target=_main, args=(module, args, env, str(cwd), str(out), str(err)))
+    child = ctx.Process(target=_main, args=(target, is_script, args, env, str(cwd), str(out), str(err)))
     child.start()
     child.join(timeout)
     if child.exitcode is None:
         child.kill()
         child.join()
-    return CompletedProcess([module, *args], child.exitcode, out.read_text(), err.read_text())
+    return CompletedProcess([target, *args], child.exitcode, out.read_text(), err.read_text())
 
 
-def _main(module: str, args: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> None:
+def _main(target: str, is_script: bool, args: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> None:
     os.chdir(cwd)
     os.environ.pop("HYDRA_FULL_ERROR", None)
     os.environ.update(env)
@@ -45,10 +56,14 @@ def _main(module: str, args: list[str], env: dict[str, str], cwd: str, out: str,
     for entry in reversed(env.get("PYTHONPATH", "").split(os.pathsep)):  # as a new interpreter would read it
         if entry and entry not in sys.path:
             sys.path.insert(0, entry)
-    sys.argv = [module, *args]
-    sys.orig_argv = [sys.executable, "-m", module, *args]  # the command as typed (provenance records it)
+    sys.argv = [target, *args]
+    sys.orig_argv = [sys.executable, *([] if is_script else ["-m"]), target, *args]  # as typed (provenance records it)
     if "OMP_NUM_THREADS" in env:  # the server's torch read its own environment when it was imported
         import torch
 
         torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    if is_script:
+        sys.path.insert(0, os.path.dirname(target))  # as ``python script`` puts the script's folder first
+        runpy.run_path(target, run_name="__main__")
+    else:
+        runpy.run_module(target, run_name="__main__", alter_sys=True)

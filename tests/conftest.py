@@ -174,8 +174,7 @@ def tsv_corpus(tmp_path_factory) -> dict[str, Path]:
 def run_bench(script: str, *args: str, cwd, cache_dir, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1",  # tiny ops: no stalls beside a busy core
            "AIGC_CACHE_DIR": str(cache_dir), "PROJECT_ROOT": str(cwd)}
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = cli_fork.run_script(REPO / "bench" / script, list(args), env, Path(cwd), timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}")
     return proc

@@ -142,8 +142,7 @@ def test_refused_training_size(lab, tmp_path, name, args, message):
 def test_refused_size_writes_nothing_into_the_run_it_resumes(lab, tmp_path):
     project = tmp_path / "train"
     project.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "aigc_lab", *GAN], cwd=project,
-                          env={**lab.env, "PROJECT_ROOT": str(project)}, capture_output=True, text=True, timeout=600)
+    proc = cli_fork.run("aigc_lab", list(GAN), {**lab.env, "PROJECT_ROOT": str(project)}, project, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(project)
     before = _fingerprint(run)

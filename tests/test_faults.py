@@ -16,6 +16,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+import cli_fork
 import lightning as L
 import pytest
 import torch
@@ -84,8 +85,7 @@ def test_sigterm_saves_checkpoint_exits_cleanly_and_resumes_to_the_planned_end(d
 
     # Resumed with the run dir alone: its overrides come back from .hydra/overrides.yaml (MarkTraining does
     # nothing now: no MARK_AT_STEP), and it ends where the uninterrupted run would.
-    proc = subprocess.run([sys.executable, "-m", "aigc_lab", f"ckpt_path={run}"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = cli_fork.run("aigc_lab", [f"ckpt_path={run}"], env, tmp_path, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert load(ckpt)["global_step"] == max_steps
     assert status(run) == "done" and len(run_dirs(tmp_path)) == 1

@@ -9,8 +9,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,9 +30,7 @@ MLM = ("experiment=mlm_tiny", "debug=fdr", "data.batch_size=8", "data.eval_batch
 def train(cwd: Path, overrides: tuple[str, ...], env: dict[str, str]) -> Path:
     """A finished run of ``python -m aigc_lab overrides...`` in its own project root; returns its run dir."""
     cwd.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "aigc_lab", *overrides], cwd=cwd,
-                          env={**env, "PROJECT_ROOT": str(cwd)},
-                          capture_output=True, text=True, timeout=600)
+    proc = cli_fork.run("aigc_lab", list(overrides), {**env, "PROJECT_ROOT": str(cwd)}, cwd, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     (run,) = run_dirs(cwd)
     assert status(run) == "done"
@@ -122,9 +118,8 @@ def test_an_accepted_resume_keeps_the_first_launch_and_records_its_own(lab, tmp_
     run = lab.gan
     first = {name: (run / name).read_bytes() for name in (".hydra/config.yaml", ".hydra/overrides.yaml",
                                                           ".hydra/hydra.yaml", "config_tree.log")}
-    proc = subprocess.run([sys.executable, "-m", "aigc_lab", f"ckpt_path={run}", "trainer.max_epochs=2"],
-                          cwd=tmp_path, env={**lab.env, "PROJECT_ROOT": str(tmp_path)}, capture_output=True,
-                          text=True, timeout=600)
+    proc = cli_fork.run("aigc_lab", [f"ckpt_path={run}", "trainer.max_epochs=2"],
+                        {**lab.env, "PROJECT_ROOT": str(tmp_path)}, tmp_path, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert status(run) == "done"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4  # 2 epochs of 2

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import cli_fork
 import pytest
 from conftest import make_corpus, run_dirs
 from runs import ENV, GAN, status
@@ -140,8 +141,7 @@ def trained_gan(tmp_path_factory, data_dir, cache_dir) -> tuple[Path, dict[str, 
     """A finished GAN run (its folder, the environment of its command)."""
     root = tmp_path_factory.mktemp("gan")
     env = child_env(root, data_dir, cache_dir)
-    proc = subprocess.run([sys.executable, "-m", "aigc_lab", *GAN], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = cli_fork.run("aigc_lab", list(GAN), env, root, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     (run,) = run_dirs(root)
     return run, env
@@ -177,12 +177,11 @@ def test_a_run_killed_by_kill_9_is_marked_killed_by_the_next_resume_eval_or_laun
     left = (run / "STATUS").read_text()
     assert left.startswith(f"running\npid={cmd.proc.pid} host={platform.node()} ")
 
-    def marked_by(*argv: str, code: int) -> None:
+    def marked_by(module: str, *args: str, code: int) -> None:
         (run / "STATUS").write_text(left)
-        proc = subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=600)
+        proc = cli_fork.run(module, list(args), env, tmp_path, timeout=600)  # python -m module args, started faster
         assert proc.returncode == code, (proc.stdout + proc.stderr)[-3000:]
-        assert status(run) == "killed", argv
+        assert status(run) == "killed", (module, args)
         assert detail(run).startswith(f"its process (pid {cmd.proc.pid} on {platform.node()}, running since ")
         assert f"resume from its last checkpoint with: python -m aigc_lab ckpt_path={run}" in detail(run)
 
