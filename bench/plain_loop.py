@@ -40,7 +40,6 @@ from aigc_lab.models.linear_ce import linear_cross_entropy
 from aigc_lab.models.mlm import MaskedLM
 from aigc_lab.models.seq2seq import Seq2SeqTransformer
 from aigc_lab.systems.gan import bce_logits, ema_with_warmup
-from aigc_lab.systems.mlm import mlm_parameter_groups
 from aigc_lab.systems.schedule import lr_factor
 from aigc_lab.systems.token_system import weight_decay_groups
 from aigc_lab.utils.hardware import resolve_auto
@@ -204,8 +203,7 @@ def mlm_loop(cfg: DictConfig, device: torch.device) -> PlainLoop:
         loss_sum = F.cross_entropy(logits, targets, reduction="sum")
         return loss_sum / targets.numel() if targets.numel() else loss_sum
 
-    groups = mlm_parameter_groups(model, float(cfg.model.optimizer.lr), float(cfg.model.head_lr_ratio))
-    return _automatic(cfg, device, data, model, loss_of, groups)
+    return _automatic(cfg, device, data, model, loss_of)
 
 
 def seq2seq_loop(cfg: DictConfig, device: torch.device) -> PlainLoop:
@@ -219,15 +217,14 @@ def seq2seq_loop(cfg: DictConfig, device: torch.device) -> PlainLoop:
         return linear_cross_entropy(states, model.output_weight, model.out_bias, batch["tgt_out"][positions],
                                     smoothing)
 
-    return _automatic(cfg, device, data, model, loss_of, weight_decay_groups(model))
+    return _automatic(cfg, device, data, model, loss_of)
 
 
 def _automatic(cfg: DictConfig, device: torch.device, data, model: torch.nn.Module,
-               loss_of: Callable[[Any], torch.Tensor], groups: list[dict]) -> PlainLoop:
-    """forward + loss under autocast, zero_grad, backward, clip, step, schedule: Lightning's automatic loop
-    (``groups``: the system's optimizer parameter groups)."""
+               loss_of: Callable[[Any], torch.Tensor]) -> PlainLoop:
+    """forward + loss under autocast, zero_grad, backward, clip, step, schedule: Lightning's automatic loop."""
     m = cfg.model
-    optimizer = instantiate(m.optimizer)(groups)
+    optimizer = instantiate(m.optimizer)(weight_decay_groups(model))
     loader = data.train_dataloader()
     per_epoch = epoch_batches(len(loader), cfg.trainer.get("limit_train_batches"))
     total = stepping_batches(cfg, per_epoch)

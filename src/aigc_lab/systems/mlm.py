@@ -30,7 +30,7 @@ from aigc_lab.errors import UserError
 from aigc_lab.models.mlm import MaskedLM, MLMConfig, layout_of
 from aigc_lab.systems.flops import output_flops, stack_flops
 from aigc_lab.systems.spec import SystemSpec, register, sub_state_dict
-from aigc_lab.systems.token_system import TokenSystem, saved_vocab_size, weight_decay_groups
+from aigc_lab.systems.token_system import TokenSystem, saved_vocab_size
 from aigc_lab.utils.memory import (
     TRAIN_STATE_BYTES,
     VALUE_BYTES,
@@ -62,15 +62,6 @@ def mlm_train_flops(system: MLMSystem, batch: Batch) -> int:
     return body + head + output_flops(masked, cfg.vocab_size, cfg.d_model)
 
 
-def mlm_parameter_groups(model: MaskedLM, peak_lr: float, head_lr_ratio: float) -> list[dict]:
-    """``weight_decay_groups``, and with layout=bert the head transform's dense layer in a group of its own (``head``)
-    at ``head_lr_ratio * peak_lr``. It starts as the identity (models/mlm.py); at the full rate Adam moves each of
-    its D * D entries by about the learning rate per step, noise that soon buries that start, and the bert layout
-    then learns slower than the plain one (BENCHMARKS.md, "Masked LM: where the bert layout loses")."""
-    if model.cfg.layout != "bert" or head_lr_ratio == 1:
-        return weight_decay_groups(model)
-    return weight_decay_groups(model, {"head": (model.head.fc, head_lr_ratio * peak_lr)})
-
 
 SPEC = register(SystemSpec(
     name="mlm", describes="a masked LM (experiment=mlm_*)", data_option="text",
@@ -92,7 +83,7 @@ class MLMSystem(TokenSystem):
         # the training options both token systems take (TokenSystem.check_options checks them)
         lr: float = 5e-4, schedule: Literal["cosine", "linear", "constant"] = "cosine", warmup_ratio: float = 0.06,
         min_lr_ratio: float = 0.0, num_examples: int = 3, nonfinite_loss: Literal["stop", "skip"] = "stop",
-        example_top_k: int = 3, init_from: str | None = None, head_lr_ratio: float = 0.2,
+        example_top_k: int = 3, init_from: str | None = None,
     ) -> None:
         """``net``: a partial ``MLMConfig`` completed with the tokenizer's vocabulary size (or a full
         config, then its vocab_size must match the tokenizer). ``lr`` is the peak learning rate, read
@@ -101,13 +92,11 @@ class MLMSystem(TokenSystem):
         ``num_examples`` validation sequences are shown with their ``example_top_k`` predictions per
         [MASK] in TensorBoard's TEXT tab. ``nonfinite_loss``: a NaN/inf loss stops the run or skips the step
         (``systems/guards.py``). ``init_from``: a folder written by ``python -m aigc_lab.export format=hf`` whose
-        weights a new training run starts from (its network and tokenizer must be the run's). ``head_lr_ratio``: the
-        head transform's dense layer (layout=bert) learns at this share of the learning rate (``parameter_groups``)."""
+        weights a new training run starts from (its network and tokenizer must be the run's)."""
         super().__init__()
         self.check_options(net, optimizer, lr, schedule, ("cosine", "linear", "constant"), warmup_ratio,
                            min_lr_ratio, num_examples, nonfinite_loss)
         positive("model.example_top_k", example_top_k)
-        positive("model.head_lr_ratio", head_lr_ratio)
         self.save_hyperparameters(logger=False)
         self.init_network(net)
         self._examples: Batch | None = None
@@ -160,11 +149,6 @@ class MLMSystem(TokenSystem):
         if self.cfg.layout != layout:
             self.cfg = replace(self.cfg, layout=layout)
             self.model = MaskedLM(self.cfg)
-
-    # ---------------------------------------------------------------- optimization
-    def parameter_groups(self) -> list[dict]:
-        peak = self.hparams.optimizer.keywords.get("lr", self.hparams.lr)
-        return mlm_parameter_groups(self.model, peak, self.hparams.head_lr_ratio)
 
     # ---------------------------------------------------------------- sizes (checked before any data work)
     def memory_needs(self, datamodule: Any, stage: str = "fit") -> list[Need]:

@@ -118,12 +118,8 @@ class TokenSystem(System):
         self.reset_totals()
 
     # ---------------------------------------------------------------- optimization
-    def parameter_groups(self) -> list[dict]:
-        """The optimizer's parameter groups (a subclass may give a part of its network a learning rate of its own)."""
-        return weight_decay_groups(self)
-
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.hparams.optimizer(self.parameter_groups())  # curves: lr/decay, lr/no_decay, ...
+        optimizer = self.hparams.optimizer(weight_decay_groups(self))  # curves: lr/decay, lr/no_decay
         factor = warmup_then_decay(planned_steps(self.trainer), self.hparams.warmup_ratio, self.hparams.schedule,
                                    self.hparams.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -176,15 +172,9 @@ def saved_vocab_size(tokenizer_path: str | None) -> int | None:
         return None
 
 
-def weight_decay_groups(module: nn.Module, own_lr: dict[str, tuple[nn.Module, float]] | None = None) -> list[dict]:
+def weight_decay_groups(module: nn.Module) -> list[dict]:
     """Optimizer parameter groups: every matrix decays, biases and LayerNorm weights (ndim < 2) do not.
-    ``own_lr``: group name -> (submodule, peak learning rate): the submodule's matrices form a group of that name
-    with that learning rate (the schedule scales it as it scales the others); its biases stay in no_decay.
-    The names label the learning-rate curves (lr/decay, lr/no_decay, lr/<name>)."""
-    own = [{"params": [p for p in sub.parameters() if p.requires_grad and p.ndim >= 2], "lr": lr, "name": name}
-           for name, (sub, lr) in (own_lr or {}).items()]
-    taken = {id(p) for group in own for p in group["params"]}
-    rest = [p for p in module.parameters() if p.requires_grad and id(p) not in taken]
-    decay = [p for p in rest if p.ndim >= 2]
-    no_decay = [p for p in rest if p.ndim < 2]
-    return [{"params": decay, "name": "decay"}, {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}, *own]
+    The names label the learning-rate curves (lr/decay, lr/no_decay)."""
+    decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in module.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "name": "decay"}, {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
