@@ -286,10 +286,10 @@ def test_refused_translation_size(lab, tmp_path, name, args, message):
 
 # ---------------------------------------------------------------- the estimates themselves
 def test_parameter_formulas_count_the_real_models():
-    for layout in ("bert", "plain"):
+    for layout in ("xlm_roberta_xl", "bert", "plain"):
         mlm_cfg = MLMConfig(vocab_size=97, n_layers=3, d_model=24, n_heads=4, mlp_ratio=3.0, max_len=40, layout=layout)
         real = sum(p.numel() for p in MaskedLM(mlm_cfg).parameters())
-        assert mlm_params(TransformerShape.of(mlm_cfg), 97, 40, layout == "bert") == real
+        assert mlm_params(TransformerShape.of(mlm_cfg), 97, 40, mlm_cfg.embedding_norm, mlm_cfg.head_transform) == real
     for tied in (True, False):
         cfg = Seq2SeqConfig(vocab_size=53, n_enc_layers=2, n_dec_layers=3, d_model=16, n_heads=2, max_len=30,
                             tie_embeddings=tied)

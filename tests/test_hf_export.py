@@ -47,7 +47,9 @@ def test_transformers_fills_masks_like_generate(run_cli, tmp_path, text_corpus):
     model, tokenizer = load_mlm(load_checkpoint(resolve_checkpoint(str(run))))
     hf = transformers.AutoModelForMaskedLM.from_pretrained(out).eval()
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out)
-    assert type(hf).__name__ == "RobertaPreLayerNormForMaskedLM"
+    assert type(hf).__name__ == "XLMRobertaXLForMaskedLM"
+    dense = hf.lm_head.dense  # fixed in training (head_dense=fixed): still where it started
+    assert torch.equal(dense.weight, torch.eye(32)) and torch.equal(dense.bias, torch.full((32,), 3.0))
     fill = transformers.pipeline("fill-mask", model=hf, tokenizer=hf_tokenizer, top_k=5)
     # generate never proposes a special token; the pipeline's ``targets`` keep it to the same candidates
     targets = [t for t in tokenizer.get_vocab() if t not in SPECIAL_TOKENS]
@@ -94,6 +96,39 @@ def test_init_from_an_export_starts_from_its_weights(run_cli, tmp_path, text_cor
 
     proc = run_cli(*start, "model.net.n_layers=1", env=ENV, check=False)
     assert proc.returncode == 1 and "is another network than model.net: set model.net.n_layers=2" in proc.stderr
+
+
+@pytest.mark.parametrize(("layout", "architecture"), [("xlm_roberta_xl", "XLMRobertaXLForMaskedLM"),
+                                                       ("bert", "RobertaPreLayerNormForMaskedLM")])
+def test_each_mlm_layout_is_its_transformers_architecture(tmp_path, layout, architecture):
+    """Every weight moved off its start (a fixed head dense too), so a misplaced one would show in the logits;
+    the folder reads back as the same state dict."""
+    transformers = pytest.importorskip("transformers")
+    from aigc_lab.hf_export import export_mlm
+    from aigc_lab.models.hf_mlm import load_mlm_folder
+
+    tokenizer = train_wordpiece([f"{s} {v} {o}" for s in SUBJECTS for v in VERBS for o in OBJECTS], 120)
+    torch.manual_seed(0)
+    cfg = MLMConfig(vocab_size=tokenizer.get_vocab_size(), n_layers=2, d_model=32, n_heads=4, max_len=16,
+                    layout=layout)
+    model = MaskedLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.state_dict().values():
+            p.normal_(0.0, 0.3)
+    ckpt = {"mlm_config": asdict(cfg), "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "tokenizer_json": tokenizer.to_str()}
+    out = export_mlm(None, ckpt, tmp_path / layout)
+    hf, info = transformers.AutoModelForMaskedLM.from_pretrained(out, output_loading_info=True)
+    assert type(hf).__name__ == architecture and not info["missing_keys"] and not info["unexpected_keys"]
+    ids = torch.randint(len(SPECIAL_TOKENS), cfg.vocab_size, (3, 12))
+    mask = torch.ones_like(ids)
+    ids[1, 8:], mask[1, 8:] = 0, 0  # a padded sequence
+    with torch.no_grad():
+        theirs, mine = hf.eval()(input_ids=ids, attention_mask=mask).logits, model(ids, mask)
+    assert (theirs - mine)[mask.bool()].abs().max() < 1e-4
+    net, state, _ = load_mlm_folder(out)
+    assert net.layout == layout and state.keys() == model.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 
 def test_seq2seq_export_is_blenderbot(tmp_path):

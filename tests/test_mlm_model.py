@@ -41,19 +41,42 @@ def test_shapes_and_tied_output():
         model(torch.zeros(1, 25, dtype=torch.long))
 
 
-def test_bert_layout_starts_as_the_plain_layout_does():
+def test_the_extra_parts_start_as_the_plain_layout_does():
     """The embedding LayerNorm hands the blocks a residual stream at the scale of the plain layout's embeddings, and
-    the head transform starts as LN(GELU(h)), keeping the tied output in the space the embeddings write."""
+    the head transform starts as LN(GELU(h + 3)), nearly LN(h): the tied output reads the space the embeddings
+    write into."""
     cfg = dict(TINY, d_model=64, dropout=0.0)
-    bert, plain = MaskedLM(MLMConfig(**cfg)), MaskedLM(MLMConfig(**cfg, layout="plain"))
+    bert, plain = MaskedLM(MLMConfig(**cfg, layout="bert")), MaskedLM(MLMConfig(**cfg, layout="plain"))
     ids = torch.randint(5, 50, (8, 24))
     with torch.no_grad():
         def stream_rms(model: MaskedLM) -> float:  # the blocks' input, before any block writes
             return model.emb_ln(embed(model.tok_emb, model.pos_emb, ids)).pow(2).mean().sqrt().item()
 
         assert 0.8 < stream_rms(bert) / stream_rms(plain) < 1.25
-        hidden = torch.randn(5, 64)
-        assert torch.allclose(bert.head(hidden), F.layer_norm(F.gelu(hidden), (64,)), atol=1e-5)
+        hidden = F.layer_norm(torch.randn(5, 64), (64,))  # what the head reads: the final LayerNorm's output
+        for layout in ("xlm_roberta_xl", "bert"):
+            head = MaskedLM(MLMConfig(**cfg, layout=layout)).head
+            assert torch.allclose(head(hidden), F.layer_norm(F.gelu(hidden + 3), (64,)), atol=1e-5)
+            assert (head(hidden) - hidden).abs().mean() < 0.03
+
+
+def test_a_fixed_head_dense_is_not_trained():
+    """head_dense=fixed: no gradient reaches the head's dense layer, so neither the optimizer nor weight decay moves
+    it; learned: it trains like any other weight."""
+    from aigc_lab.systems.token_system import weight_decay_groups
+
+    ids = torch.randint(5, 50, (4, 12))
+    for head_dense, trained in (("fixed", False), ("learned", True)):
+        model = MaskedLM(MLMConfig(**TINY, head_dense=head_dense))
+        start = {k: v.clone() for k, v in model.head.fc.state_dict().items()}
+        optimizer = torch.optim.AdamW(weight_decay_groups(model), lr=1e-2, weight_decay=0.1)
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(ids).logsumexp(-1).mean().backward()
+            optimizer.step()
+        moved = any(not torch.equal(v, start[k]) for k, v in model.head.fc.state_dict().items())
+        assert moved == trained, head_dense
+        assert not torch.equal(model.head.ln.weight, torch.ones(32))  # the head's LayerNorm learns either way
 
 
 def test_masked_positions_match_full_logits():

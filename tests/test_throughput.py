@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from functools import partial
 from types import SimpleNamespace
 
@@ -12,6 +13,7 @@ from conftest import run_dirs
 from runs import ENV, GAN, SEQ2SEQ, mlm
 
 from aigc_lab.callbacks import throughput as tp
+from aigc_lab.models.mlm import MLMConfig
 
 # A 2-batch window fits debug=fdr's 2 training batches; a configured peak gives MFU on a CPU.
 WATCH = ("logger=many", "callbacks.throughput.window_size=2", "callbacks.throughput.peak_flops=1e12")
@@ -59,13 +61,15 @@ def test_mlm_formula_by_hand():
     # N = an encoder of 2 blocks of 8 parameters + a final LayerNorm of 4 = 20; 2 layers, width 4, vocabulary 7;
     # one sequence of 5 positions: 3 tokens and 2 pads, 2 of the tokens masked.
     encoder = torch.nn.ModuleList([torch.nn.Linear(3, 2), torch.nn.Linear(3, 2), torch.nn.LayerNorm(2)])
-    system = SimpleNamespace(model=SimpleNamespace(encoder=encoder),
-                             cfg=SimpleNamespace(n_layers=2, d_model=4, vocab_size=7, layout="plain"))
+    cfg = MLMConfig(vocab_size=7, n_layers=2, d_model=4, n_heads=1, max_len=5, layout="plain")
+    system = SimpleNamespace(model=SimpleNamespace(encoder=encoder), cfg=cfg)
     batch = {"input_ids": torch.zeros(1, 5), "attention_mask": torch.tensor([[1, 1, 1, 0, 0]]),
              "labels": torch.tensor([[-100, 4, 5, -100, -100]])}
     assert mlm_train_flops(system, batch) == 3 * (6 * 20 + 12 * 2 * 4 * 5) + 2 * 6 * 7 * 4
-    system.cfg.layout = "bert"  # + the head transform (D x D) at the 2 masked positions
+    system.cfg = replace(cfg, layout="xlm_roberta_xl", head_dense="learned")  # + the head's D x D at 2 positions
     assert mlm_train_flops(system, batch) == 3 * (6 * 20 + 12 * 2 * 4 * 5) + 2 * 6 * 7 * 4 + 2 * 6 * 4 * 4
+    system.cfg = replace(cfg, layout="xlm_roberta_xl")  # a fixed dense: no weight gradient, 4 FLOPs of the 6
+    assert mlm_train_flops(system, batch) == 3 * (6 * 20 + 12 * 2 * 4 * 5) + 2 * 6 * 7 * 4 + 2 * 4 * 4 * 4
     assert SPEC.count_samples(batch) == 1 and SPEC.count_tokens(system, batch) == 3
 
 

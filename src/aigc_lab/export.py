@@ -5,7 +5,7 @@ checkpoint names the system that saved it, whose spec (``systems/spec.py``: ``ex
 writes; ``format=`` picks one (null: the first):
 
 - a GAN's: ``torch_export``, the generator as a ``torch.export`` program (``aigc_lab/gan_export.py``);
-- a masked LM's: ``hf``, a Hugging Face folder (RobertaPreLayerNormForMaskedLM and its tokenizer) that
+- a masked LM's: ``hf``, a Hugging Face folder (XLMRobertaXLForMaskedLM and its tokenizer) that
   ``transformers.AutoModelForMaskedLM`` and ``AutoTokenizer`` load, and ``model.init_from`` starts a new run from
   (``aigc_lab/hf_export.py``);
 - a seq2seq model's: ``hf``, a Hugging Face folder (BlenderbotForConditionalGeneration and its tokenizer) for

@@ -2,7 +2,7 @@
 ckpt_path=<mlm run> format=hf out=DIR``), which writes ``config.json``, ``model.safetensors``, ``tokenizer.json``
 and ``tokenizer_config.json``:
 
-    model = transformers.AutoModelForMaskedLM.from_pretrained(DIR)   # RobertaPreLayerNormForMaskedLM
+    model = transformers.AutoModelForMaskedLM.from_pretrained(DIR)   # XLMRobertaXLForMaskedLM (models/hf_mlm.py)
     tokenizer = transformers.AutoTokenizer.from_pretrained(DIR)      # PreTrainedTokenizerFast, our WordPiece
 
 The parameter mapping is ``models/hf_mlm.py``'s; ``model.init_from=DIR`` starts a new run from such a folder.
@@ -16,7 +16,6 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from aigc_lab.data.tokenizer import CLS, MASK, PAD, SEP, SPECIAL_TOKENS, UNK
-from aigc_lab.errors import UserError
 from aigc_lab.models.hf_folder import TOKENIZER, save_folder
 from aigc_lab.models.hf_mlm import mlm_hf_config, mlm_to_hf
 from aigc_lab.systems.mlm import MLMSystem
@@ -35,9 +34,6 @@ def export_mlm(cfg: DictConfig, ckpt: dict, out: Path) -> Path:
     """Write the masked LM of ``ckpt`` as a Hugging Face model folder ``out`` (module docstring)."""
     state = sub_state_dict(ckpt["state_dict"], "model.")
     net = MLMSystem.saved_config(ckpt)
-    if net.layout != "bert":
-        raise UserError("this checkpoint has the earlier masked-LM layout (no embedding LayerNorm, no head "
-                        "transform), which no transformers architecture matches: train it again to export it")
     ids = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
     save_folder(out, mlm_to_hf(state, net), mlm_hf_config(net, ids[PAD], ids[CLS], ids[SEP]))
     specials = {"pad_token": PAD, "unk_token": UNK, "cls_token": CLS, "sep_token": SEP, "mask_token": MASK,

@@ -1,13 +1,21 @@
-"""BERT-style masked language model: token + learned position embeddings and an embedding LayerNorm,
-pre-LayerNorm Transformer encoder blocks, a final LayerNorm, a head transform (dense, GELU, LayerNorm) and an
-output layer tied to the token embedding (with its own bias).
+"""BERT-style masked language model: token + learned position embeddings, pre-LayerNorm Transformer encoder
+blocks, a final LayerNorm, a head transform (dense, GELU, LayerNorm) and an output layer tied to the token
+embedding (with its own bias).
 
-    x_0 = Dropout(LN_emb(E[ids] + P[0..T-1]))
+    x_0 = Dropout(E[ids] + P[0..T-1])
     h   = LN_f(Block_L(... Block_1(x_0)))
     logits = LN_head(GELU(W_head h + b_head)) E^T + b_out
 
-This is RoBERTa-PreLayerNorm's layout, which ``python -m aigc_lab.export format=hf`` maps onto (hf_export.py).
-``layout="plain"`` drops LN_emb and the head transform: the layout of checkpoints saved before they existed.
+This is XLM-RoBERTa-XL's layout (``layout="xlm_roberta_xl"``), which ``python -m aigc_lab.export format=hf`` maps
+onto (models/hf_mlm.py). ``layout="bert"`` adds an embedding LayerNorm, x_0 = Dropout(LN_emb(E[ids] + P)):
+RoBERTa-PreLayerNorm's layout, exported as that. ``layout="plain"`` has neither LN_emb nor the head transform: the
+layout of checkpoints saved before they existed, which no transformers architecture matches.
+
+The head's dense layer starts at W = I, b = 3, where GELU is nearly the identity (GELU(z) = z Phi(z), Phi(3) =
+0.9987): the head starts as LN of its input, and the tied output layer reads the space the embeddings write into.
+With ``head_dense="fixed"`` it stays there (its weights are not trained: the head is a fixed map followed by a
+learned LayerNorm); ``head_dense="learned"`` trains it, as BERT does. BENCHMARKS.md ("Masked LM: the layouts side
+by side at the budget") measures what each costs against the plain layout.
 
 Shapes: B = batch, T = sequence length (<= max_len), D = d_model, V = vocab_size, M = masked positions.
 """
@@ -23,7 +31,9 @@ from torch import nn
 
 from aigc_lab.models.transformer import Encoder, check_transformer_config, embed, init_transformer_weights, rename_keys
 
-LAYOUTS = ("bert", "plain")
+LAYOUTS = ("xlm_roberta_xl", "bert", "plain")
+HEAD_DENSE = ("fixed", "learned")
+HEAD_BIAS_START = 3.0  # GELU(z) = z Phi(z) is within 0.2% of z from here up
 
 
 @dataclass
@@ -35,33 +45,45 @@ class MLMConfig:
     mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * d_model
     max_len: int = 128  # size of the learned position table: the longest sequence the model reads
     dropout: float = 0.1
-    # bert: an embedding LayerNorm and a head transform before the output layer, as BERT and RoBERTa have;
-    # plain: neither (checkpoints saved before they existed load with it: systems/mlm.py)
-    layout: str = "bert"
+    # xlm_roberta_xl: a head transform before the output layer; bert: also an embedding LayerNorm, as BERT and
+    # RoBERTa have; plain: neither (checkpoints saved before they existed load with it: systems/mlm.py)
+    layout: str = "xlm_roberta_xl"
+    head_dense: str = "fixed"  # the head transform's dense layer: fixed at its start (W = I, b = 3) | learned
 
     def __post_init__(self) -> None:
         check_transformer_config(self, ("vocab_size", "n_layers", "d_model", "n_heads", "max_len"))
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.head_dense not in HEAD_DENSE:
+            raise ValueError(f"head_dense must be one of {', '.join(HEAD_DENSE)}, got {self.head_dense!r}")
+
+    @property
+    def embedding_norm(self) -> bool:
+        return self.layout == "bert"
+
+    @property
+    def head_transform(self) -> bool:
+        return self.layout != "plain"
 
 
 class HeadTransform(nn.Module):
     """BERT's prediction-head transform of the final hidden states: LN(GELU(W h + b)), [..., D] -> [..., D]."""
 
-    def __init__(self, d_model: int) -> None:
+    def __init__(self, d_model: int, learn_dense: bool = True) -> None:
         super().__init__()
         self.fc = nn.Linear(d_model, d_model)
         self.ln = nn.LayerNorm(d_model)
+        self.fc.requires_grad_(learn_dense)  # fixed: it keeps its start (or the values a checkpoint loads)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.ln(F.gelu(self.fc(hidden)))
 
     @torch.no_grad()
-    def start_as_identity(self) -> None:
-        """W = I, b = 0: the head starts as LN(GELU(h)), a monotone map of each coordinate of h, so the tied output
+    def start_as_identity(self, bias: float = HEAD_BIAS_START) -> None:
+        """W = I, b = ``bias``: the head starts as LN(GELU(h + b)), nearly LN(h) for h > -b, so the tied output
         layer reads the space the input embeddings write into (a random W would scramble it first)."""
         nn.init.eye_(self.fc.weight)
-        nn.init.zeros_(self.fc.bias)
+        nn.init.constant_(self.fc.bias, bias)
 
 
 class MaskedLM(nn.Module):
@@ -70,30 +92,31 @@ class MaskedLM(nn.Module):
     def __init__(self, cfg: MLMConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        bert = cfg.layout == "bert"
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
-        self.emb_ln = nn.LayerNorm(cfg.d_model) if bert else nn.Identity()
+        self.emb_ln = nn.LayerNorm(cfg.d_model) if cfg.embedding_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
         self.encoder = Encoder(cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.mlp_ratio, cfg.dropout)
-        self.head = HeadTransform(cfg.d_model) if bert else nn.Identity()
+        self.head = (HeadTransform(cfg.d_model, learn_dense=cfg.head_dense == "learned") if cfg.head_transform
+                     else nn.Identity())
         # The output projection is tok_emb.weight (tied); only its bias is a parameter of its own.
         self.out_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         self.apply(init_transformer_weights)
         self.encoder.scale_residual_init()
-        if bert:
-            self._start_bert_parts_like_plain()
+        self._start_extra_parts_like_plain()
         self._register_load_state_dict_pre_hook(_earlier_layout)
 
     @torch.no_grad()
-    def _start_bert_parts_like_plain(self, std: float = 0.02) -> None:
-        """Initialize the bert layout's extra parts so that training starts as the plain layout's does; with the
+    def _start_extra_parts_like_plain(self, std: float = 0.02) -> None:
+        """Initialize the parts the plain layout lacks so that training starts as the plain layout's does; with the
         defaults (unit LayerNorm gain, random head) it learns far slower on a short budget (BENCHMARKS.md, "Masked
         LM: where the bert layout loses"). The embedding LayerNorm's gain starts at the scale of E + P (both
         N(0, std)), not 1: a unit gain makes every token's embedding of norm sqrt(D) in the residual stream, which
-        the blocks' first writes (std / sqrt(2 L)) barely move. The head transform starts as the identity."""
-        nn.init.constant_(self.emb_ln.weight, std * math.sqrt(2))
-        self.head.start_as_identity()
+        the blocks' first writes (std / sqrt(2 L)) barely move. The head transform starts as nearly the identity."""
+        if self.cfg.embedding_norm:
+            nn.init.constant_(self.emb_ln.weight, std * math.sqrt(2))
+        if self.cfg.head_transform:
+            self.head.start_as_identity()
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [B, T] -> final hidden states [B, T, D]. attention_mask [B, T]: 1 = token, 0 = pad;
@@ -121,8 +144,10 @@ class MaskedLM(nn.Module):
 
 
 def layout_of(state_dict: dict[str, torch.Tensor], prefix: str = "") -> str:
-    """The layout a saved state dict was written with: ``plain`` when it has no embedding LayerNorm."""
-    return "bert" if f"{prefix}emb_ln.weight" in state_dict else "plain"
+    """The layout a saved state dict was written with, read from the parts it has."""
+    if f"{prefix}emb_ln.weight" in state_dict:
+        return "bert"
+    return "xlm_roberta_xl" if f"{prefix}head.fc.weight" in state_dict else "plain"
 
 
 def _earlier_layout(state_dict: dict[str, torch.Tensor], prefix: str, *args: object) -> None:

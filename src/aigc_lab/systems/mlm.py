@@ -58,8 +58,14 @@ def mlm_train_flops(system: MLMSystem, batch: Batch) -> int:
     masked = int((batch["labels"] != IGNORE_INDEX).sum())
     body = stack_flops(param_count(model.encoder), cfg.n_layers, cfg.d_model, batch["input_ids"].shape[1],
                        mlm_tokens(system, batch))
-    head = output_flops(masked, cfg.d_model, cfg.d_model) if cfg.layout == "bert" else 0  # the head transform
-    return body + head + output_flops(masked, cfg.vocab_size, cfg.d_model)
+    return body + head_flops(cfg, masked) + output_flops(masked, cfg.vocab_size, cfg.d_model)
+
+
+def head_flops(cfg: MLMConfig, masked: int) -> int:
+    """Training FLOPs of the head transform's dense layer at the masked positions: no weight gradient when fixed."""
+    if not cfg.head_transform:
+        return 0
+    return output_flops(masked, cfg.d_model, cfg.d_model) * (3 if cfg.head_dense == "learned" else 2) // 3
 
 
 
@@ -127,27 +133,28 @@ class MLMSystem(TokenSystem):
         if net.vocab_size != self.cfg.vocab_size:
             raise UserError(f"model.init_from={path} has {net.vocab_size} tokens, the data's tokenizer "
                             f"{self.cfg.vocab_size}: set {use_its}")
-        fields = ("n_layers", "d_model", "n_heads", "mlp_ratio", "max_len")
+        fields = ("n_layers", "d_model", "n_heads", "mlp_ratio", "max_len", "layout")
         differ = [f"model.net.{k}={getattr(net, k)}" for k in fields if getattr(net, k) != getattr(self.cfg, k)]
-        if differ or self.cfg.layout != "bert":
-            raise UserError(f"model.init_from={path} is another network than model.net: set {' '.join(differ)}"
-                            + ("" if self.cfg.layout == "bert" else " model.net.layout=bert"))
+        if differ:
+            raise UserError(f"model.init_from={path} is another network than model.net: set {' '.join(differ)}")
         self.model.load_state_dict(state)
         self._initialized = True
 
     @classmethod
     def saved_config(cls, checkpoint: dict[str, Any]) -> MLMConfig:
-        """The saved network config; checkpoints from before ``layout`` existed get the one of their weights."""
+        """The saved network config; checkpoints from before ``layout`` existed get the one of their weights, those
+        from before ``head_dense`` existed a learned one (the only kind then)."""
         saved = dict(checkpoint[cls.spec.checkpoint_key])
         saved.setdefault("layout", layout_of(sub_state_dict(checkpoint["state_dict"], "model.")))
+        saved.setdefault("head_dense", "learned")
         return MLMConfig(**saved)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        # A model built from today's config (eval, a resume) takes the layout of an older checkpoint's weights.
-        layout = self.saved_config(checkpoint).layout
-        if self.cfg.layout != layout:
-            self.cfg = replace(self.cfg, layout=layout)
+        # A model built from today's config (eval, a resume) takes the layout and head of the checkpoint's run.
+        saved = self.saved_config(checkpoint)
+        if (self.cfg.layout, self.cfg.head_dense) != (saved.layout, saved.head_dense):
+            self.cfg = replace(self.cfg, layout=saved.layout, head_dense=saved.head_dense)
             self.model = MaskedLM(self.cfg)
 
     # ---------------------------------------------------------------- sizes (checked before any data work)
@@ -166,7 +173,8 @@ class MLMSystem(TokenSystem):
         def batch(batch_key: str, training: bool, state_bytes: int) -> Need:
             def parts(sizes: dict[str, int]) -> list:
                 length, vocab = sizes["data.block_size"], sizes.get("data.vocab_size", fixed_vocab)
-                params = mlm_params(shape, vocab, cfg.max_len if own_positions else length, cfg.layout == "bert")
+                params = mlm_params(shape, vocab, cfg.max_len if own_positions else length, cfg.embedding_norm,
+                                    cfg.head_transform)
                 b = sizes[batch_key]
                 masked = math.ceil(h.mask_rate * b * length)  # logits only at the masked positions
                 return transformer_parts(shape, params, b, length, logit_rows=masked, vocab=vocab,

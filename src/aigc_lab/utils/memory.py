@@ -247,12 +247,13 @@ def decoder_block_params(d: int, f: int) -> int:
     return 8 * d * d + 2 * d * f + 15 * d + f
 
 
-def mlm_params(shape: TransformerShape, vocab: int, positions: int, bert_layout: bool = True) -> int:
-    """MaskedLM: token table V x D (tied output) and its bias V, position table, blocks, final LayerNorm; in the
-    ``bert`` layout also the embedding LayerNorm (2D) and the head transform (D^2 + D and a LayerNorm)."""
+def mlm_params(shape: TransformerShape, vocab: int, positions: int, embedding_norm: bool = False,
+               head_transform: bool = True) -> int:
+    """MaskedLM: token table V x D (tied output) and its bias V, position table, blocks, final LayerNorm, and where
+    the layout has them the embedding LayerNorm (2D) and the head transform (D^2 + D and a LayerNorm)."""
     d, f = shape.d_model, shape.mlp_width
-    bert = 2 * d + d * d + 3 * d if bert_layout else 0
-    return vocab * (d + 1) + positions * d + shape.enc_layers * encoder_block_params(d, f) + 2 * d + bert
+    extra = (2 * d if embedding_norm else 0) + (d * d + 3 * d if head_transform else 0)
+    return vocab * (d + 1) + positions * d + shape.enc_layers * encoder_block_params(d, f) + 2 * d + extra
 
 
 def seq2seq_params(shape: TransformerShape, vocab: int, positions: int, tied: bool = True) -> int:
