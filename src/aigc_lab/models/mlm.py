@@ -79,11 +79,11 @@ class HeadTransform(nn.Module):
         return self.ln(F.gelu(self.fc(hidden)))
 
     @torch.no_grad()
-    def start_as_identity(self, bias: float = HEAD_BIAS_START) -> None:
-        """W = I, b = ``bias``: the head starts as LN(GELU(h + b)), nearly LN(h) for h > -b, so the tied output
-        layer reads the space the input embeddings write into (a random W would scramble it first)."""
+    def start_as_identity(self) -> None:
+        """W = I, b = HEAD_BIAS_START: the head starts as LN(GELU(h + b)), nearly LN(h) for h > -b, so the tied
+        output layer reads the space the input embeddings write into (a random W would scramble it first)."""
         nn.init.eye_(self.fc.weight)
-        nn.init.constant_(self.fc.bias, bias)
+        nn.init.constant_(self.fc.bias, HEAD_BIAS_START)
 
 
 class MaskedLM(nn.Module):

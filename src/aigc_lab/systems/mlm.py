@@ -62,10 +62,11 @@ def mlm_train_flops(system: MLMSystem, batch: Batch) -> int:
 
 
 def head_flops(cfg: MLMConfig, masked: int) -> int:
-    """Training FLOPs of the head transform's dense layer at the masked positions: no weight gradient when fixed."""
+    """Training FLOPs of the head transform's D x D dense layer at the masked positions: 2 per multiply-add forward,
+    2 for the input's gradient, and 2 for the weight's gradient unless the layer is fixed."""
     if not cfg.head_transform:
         return 0
-    return output_flops(masked, cfg.d_model, cfg.d_model) * (3 if cfg.head_dense == "learned" else 2) // 3
+    return masked * cfg.d_model * cfg.d_model * (6 if cfg.head_dense == "learned" else 4)
 
 
 
